@@ -1,0 +1,203 @@
+"""The one inference API that the CLI, batch jobs and the server all use.
+
+A conversation is a list of `Message`s; a user message may carry molecules (SMILES) and proteins (sequences),
+which are validated here, before any model work, so bad input fails fast with a clear `UserError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from biomedgpt.constants import ENV_MODEL
+from biomedgpt.data.collate import Example, collate, entity_prefix, render_prompt, tokenize_prompt
+from biomedgpt.errors import ModelNotFoundError
+from biomedgpt.model.biomedgpt import BioMedGPT
+from biomedgpt.modalities.molecule import DEFAULT_MAX_ATOMS, MoleculeGraph, smiles_to_graph
+from biomedgpt.modalities.protein import DEFAULT_MAX_RESIDUES, normalize_sequence
+
+logger = logging.getLogger(__name__)
+
+REPO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "biomedgpt-small"
+
+
+@dataclass
+class Message:
+    role: str  # "system", "user" or "assistant"
+    text: str
+    smiles: list[str] = field(default_factory=list)
+    proteins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy (deterministic); > 0 samples
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    def generate_kwargs(self, tokenizer) -> dict:
+        kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.stop:
+            kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
+        return kwargs
+
+
+def default_model_path() -> str:
+    """`$BIOMEDGPT_MODEL`, else the trained default model in this repository, else the `small` preset."""
+    if os.environ.get(ENV_MODEL):
+        return os.environ[ENV_MODEL]
+    if (REPO_MODEL_DIR / "config.json").is_file():
+        return str(REPO_MODEL_DIR)
+    return "small"
+
+
+def load_model(name_or_path: str | None = None) -> BioMedGPT:
+    """Load a model folder, or build a preset by name (`tiny`, `small`, `biomedgpt-10b`)."""
+    from biomedgpt.config import PRESETS
+
+    name_or_path = name_or_path or default_model_path()
+    if Path(name_or_path).expanduser().is_dir():
+        return BioMedGPT.from_pretrained(Path(name_or_path).expanduser())
+    if name_or_path in PRESETS:
+        return BioMedGPT.from_preset(name_or_path)
+    raise ModelNotFoundError(f"model folder not found: {name_or_path} (presets: {', '.join(sorted(PRESETS))})")
+
+
+def prepare_entities(model_or_none, smiles: Sequence[str], proteins: Sequence[str]):
+    """Validate and featurize entities; raises `InvalidSmilesError` / `InvalidSequenceError`."""
+    config = getattr(model_or_none, "config", None)
+    max_atoms = config.molecule.max_atoms if config and config.molecule else DEFAULT_MAX_ATOMS
+    max_residues = config.protein.max_residues if config and config.protein else DEFAULT_MAX_RESIDUES
+    graphs = [smiles_to_graph(s, max_atoms=max_atoms) for s in smiles]
+    sequences = [normalize_sequence(p, max_residues=max_residues) for p in proteins]
+    return graphs, sequences
+
+
+def build_example(model: BioMedGPT, messages: Sequence[Message], answer: str | None = None) -> Example:
+    """Render a conversation with the model's template and tokenise it with placeholders expanded."""
+    graphs: list[MoleculeGraph] = []
+    sequences: list[str] = []
+    rendered = []
+    for message in messages:
+        if message.smiles or message.proteins:
+            if model.mol_structure_encoder is None and message.smiles:
+                raise ModelNotFoundError("this model has no molecule encoder; it cannot take SMILES")
+            if model.prot_structure_encoder is None and message.proteins:
+                raise ModelNotFoundError("this model has no protein encoder; it cannot take proteins")
+            g, s = prepare_entities(model, message.smiles, message.proteins)
+            graphs += g
+            sequences += s
+        content = entity_prefix(len(message.smiles), len(message.proteins)) + message.text
+        rendered.append({"role": message.role, "content": content})
+    use_template = model.config.lm.use_chat_template and bool(getattr(model.tokenizer, "chat_template", None))
+    prompt = render_prompt(
+        model.tokenizer, rendered, use_chat_template=use_template, system_prompt=model.config.system_prompt
+    )
+    return tokenize_prompt(model.tokenizer, prompt, graphs, sequences, answer=answer, add_bos=not use_template)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Make sampling reproducible for one call without touching the caller's global RNG state."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _decode(model: BioMedGPT, tokens: torch.Tensor, stop: Sequence[str]) -> str:
+    text = model.tokenizer.decode(tokens, skip_special_tokens=True)
+    for marker in stop:
+        if marker in text:
+            text = text[: text.index(marker)]
+    return text.strip()
+
+
+def generate_batch(
+    model: BioMedGPT,
+    conversations: Sequence[Sequence[Message]],
+    settings: GenerationSettings | None = None,
+    batch_size: int = 8,
+) -> list[str]:
+    """Answer many conversations, `batch_size` at a time (left-padded, per-row stopping)."""
+    settings = settings or GenerationSettings()
+    examples = [build_example(model, conversation) for conversation in conversations]
+    answers: list[str] = []
+    with _seeded(settings.seed):
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start : start + batch_size], model.tokenizer.pad_token_id, "left")
+            new_tokens = model.generate(**batch.model_inputs(), **settings.generate_kwargs(model.tokenizer))
+            answers += [_decode(model, row, settings.stop) for row in new_tokens]
+    return answers
+
+
+def ask(
+    model: BioMedGPT,
+    question: str,
+    smiles: Sequence[str] = (),
+    proteins: Sequence[str] = (),
+    settings: GenerationSettings | None = None,
+) -> str:
+    """One question about zero or more molecules and proteins → the model's answer."""
+    conversation = [Message("user", question, list(smiles), list(proteins))]
+    return generate_batch(model, [conversation], settings)[0]
+
+
+def stream(
+    model: BioMedGPT, messages: Sequence[Message], settings: GenerationSettings | None = None
+) -> Iterator[str]:
+    """Yield the answer in text pieces as they are decoded (for chat UIs and SSE)."""
+    from transformers import TextIteratorStreamer
+
+    settings = settings or GenerationSettings()
+    batch = collate([build_example(model, messages)], model.tokenizer.pad_token_id, "left")
+    streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=False, skip_special_tokens=True)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with _seeded(settings.seed):
+                model.generate(**batch.model_inputs(), streamer=streamer, **settings.generate_kwargs(model.tokenizer))
+        except BaseException as err:  # surfaced in the consumer thread below
+            errors.append(err)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    emitted = ""
+    for piece in streamer:
+        emitted += piece
+        cut = min((emitted.index(s) for s in settings.stop if s in emitted), default=None)
+        if cut is not None:
+            yield piece[: max(0, len(piece) - (len(emitted) - cut))]
+            break
+        yield piece
+    thread.join()
+    if errors:
+        raise errors[0]

@@ -1,0 +1,125 @@
+"""`biomedgpt ask` and `biomedgpt chat`: thin shells over `biomedgpt.inference`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="model folder or preset (tiny, small, biomedgpt-10b); default: $BIOMEDGPT_MODEL, "
+                             "else the shipped biomedgpt-small")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default 128)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.1,
+                        help="> 1 discourages loops in small models (default 1.1)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+
+
+def register(subparsers) -> None:
+    ask = subparsers.add_parser("ask", help="ask one question about molecules and/or proteins",
+                                description="Ask one question; attach molecules with --smiles and proteins "
+                                            "with --protein (each may be repeated).")
+    ask.add_argument("question", help="the question, in free text")
+    ask.add_argument("--smiles", action="append", default=[], metavar="SMILES", help="a molecule (repeatable)")
+    ask.add_argument("--protein", action="append", default=[], metavar="SEQ",
+                     help="a protein sequence, optionally FASTA (repeatable)")
+    ask.add_argument("--timing", action="store_true", help="print load and generation timings to stderr")
+    _add_model_options(ask)
+    ask.set_defaults(func=run_ask)
+
+    chat = subparsers.add_parser("chat", help="multi-turn conversation in the terminal",
+                                 description="Multi-turn chat. Commands: /smiles SMILES, /protein SEQ attach "
+                                             "entities to your next message; /reset; /quit.")
+    _add_model_options(chat)
+    chat.set_defaults(func=run_chat)
+
+
+def _settings(args):
+    from biomedgpt.inference import GenerationSettings
+
+    try:
+        return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    except ValueError as err:
+        from biomedgpt.errors import UserError
+
+        raise UserError(str(err)) from None
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def run_ask(args) -> int:
+    from biomedgpt.inference import ask, load_model, prepare_entities
+
+    settings = _settings(args)
+    prepare_entities(None, args.smiles, args.protein)  # fail fast on bad input, before loading anything
+    _quiet_transformers()
+    start = time.perf_counter()
+    model = load_model(args.model)
+    loaded = time.perf_counter()
+    answer = ask(model, args.question, args.smiles, args.protein, settings)
+    done = time.perf_counter()
+    print(answer)
+    if args.timing:
+        print(f"[load {loaded - start:.2f} s, answer {done - loaded:.2f} s]", file=sys.stderr)
+    return 0
+
+
+def run_chat(args) -> int:
+    from biomedgpt.errors import UserError
+    from biomedgpt.inference import Message, load_model, prepare_entities, stream
+
+    settings = _settings(args)
+    _quiet_transformers()
+    model = load_model(args.model)
+    history: list[Message] = []
+    smiles: list[str] = []
+    proteins: list[str] = []
+    interactive = sys.stdin.isatty()
+    print("biomedgpt chat — /smiles SMILES, /protein SEQ, /reset, /quit", file=sys.stderr)
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        try:
+            if command == "/quit":
+                break
+            if command == "/reset":
+                history, smiles, proteins = [], [], []
+                print("(conversation cleared)", file=sys.stderr)
+            elif command == "/smiles":
+                prepare_entities(model, [rest], [])
+                smiles.append(rest.strip())
+                print(f"(molecule attached: {rest.strip()})", file=sys.stderr)
+            elif command == "/protein":
+                prepare_entities(model, [], [rest])
+                proteins.append(rest.strip())
+                print(f"(protein attached: {len(rest.strip())} residues)", file=sys.stderr)
+            else:
+                history.append(Message("user", line, smiles, proteins))
+                smiles, proteins = [], []
+                print("biomedgpt> ", end="", flush=True)
+                pieces = []
+                for piece in stream(model, history, settings):
+                    pieces.append(piece)
+                    print(piece, end="", flush=True)
+                print()
+                history.append(Message("assistant", "".join(pieces).strip()))
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""Encoders, adapters, the splice and the language model."""

@@ -1,0 +1,279 @@
+"""BioMedGPT: molecule GIN + protein ESM-2, each projected by one linear adapter into the embedding space of a
+causal LM, written over placeholder positions of the prompt (the splice), then the LM does the rest.
+
+Attribute names follow the published BioMedGPT-10B state dict (`llm.`, `mol_structure_encoder.`,
+`prot_structure_encoder.`, `proj_mol.`, `proj_prot.`), so its weights map onto this module without renaming.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from biomedgpt.config import BioMedGPTConfig
+from biomedgpt.constants import MOLECULE_TOKEN_ID, PROTEIN_TOKEN_ID
+from biomedgpt.errors import ModelNotFoundError
+from biomedgpt.model.gin import GIN
+from biomedgpt.modalities.molecule import MoleculeBatch
+from biomedgpt.modalities.protein import ProteinBatch
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+LM_SUBDIR = "lm"
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def build_lm(config: BioMedGPTConfig, base_dir: str | Path | None = None):
+    """Return (causal LM, tokenizer) for `config.lm`, offline."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from biomedgpt.model.lm import BYTE_TOKENIZER, byte_tokenizer, resolve_lm_path
+
+    lm_cfg = config.lm
+    dtype = _torch_dtype(lm_cfg.dtype)
+    if lm_cfg.arch is not None:
+        arch = dict(lm_cfg.arch)
+        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**arch), dtype=dtype)
+        path = None
+    else:
+        path = resolve_lm_path(lm_cfg.name_or_path, base_dir)
+        try:
+            llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except OSError as err:
+            raise ModelNotFoundError(f"cannot load the LM {lm_cfg.name_or_path!r}: {err}") from None
+    if lm_cfg.tokenizer == BYTE_TOKENIZER:
+        tokenizer = byte_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(lm_cfg.tokenizer or path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return llm, tokenizer
+
+
+def build_protein_encoder(config: BioMedGPTConfig, base_dir: str | Path | None = None):
+    from transformers import EsmConfig, EsmModel
+
+    cfg = config.protein
+    if cfg.arch is not None:
+        return EsmModel(EsmConfig(**cfg.arch), add_pooling_layer=False)
+    path = cfg.name_or_path
+    if base_dir is not None and (Path(base_dir) / path).is_dir():
+        path = str(Path(base_dir) / path)
+    return EsmModel.from_pretrained(path, add_pooling_layer=False)
+
+
+class BioMedGPT(nn.Module):
+    """The multimodal model. Build with `from_config`, `from_pretrained` or `from_preset`."""
+
+    def __init__(self, config: BioMedGPTConfig, llm: nn.Module, tokenizer, protein_encoder: nn.Module | None):
+        super().__init__()
+        self.config = config
+        self.llm = llm
+        self.tokenizer = tokenizer
+        hidden = llm.get_input_embeddings().embedding_dim
+        self.mol_structure_encoder = GIN(config.molecule) if config.molecule else None
+        self.proj_mol = nn.Linear(config.molecule.emb_dim, hidden) if config.molecule else None
+        self.prot_structure_encoder = protein_encoder
+        self.proj_prot = nn.Linear(protein_encoder.config.hidden_size, hidden) if protein_encoder else None
+        # True when the LM weights differ from `config.lm.name_or_path` (random init, trained, merged LoRA):
+        # then `save_pretrained` must store them; otherwise the checkpoint only references the base LM.
+        self.lm_modified = config.lm.arch is not None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: BioMedGPTConfig, base_dir: str | Path | None = None) -> BioMedGPT:
+        """Build the model; the LM (and a named ESM) load their weights, the rest starts random (seeded)."""
+        llm, tokenizer = build_lm(config, base_dir)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            protein_encoder = build_protein_encoder(config, base_dir) if config.protein else None
+            model = cls(config, llm, tokenizer, protein_encoder)
+        dtype = _torch_dtype(config.lm.dtype)
+        for part in (model.mol_structure_encoder, model.proj_mol, model.prot_structure_encoder, model.proj_prot):
+            if part is not None:
+                part.to(dtype)
+        return model.eval()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> BioMedGPT:
+        from biomedgpt.config import preset
+
+        config = preset(name)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return cls.from_config(config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, verify: bool = True) -> BioMedGPT:
+        """Load a folder written by `save_pretrained` (checksums verified when `SHA256SUMS` is present)."""
+        from safetensors.torch import load_file
+
+        from biomedgpt.io import verify_checksums
+
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file():
+            raise ModelNotFoundError(f"not a biomedgpt model folder (no {CONFIG_NAME}): {directory}")
+        if verify:
+            verify_checksums(directory)
+        config = BioMedGPTConfig.load(directory / CONFIG_NAME)
+        model = cls.from_config(config, base_dir=directory)
+        if (directory / WEIGHTS_NAME).is_file():
+            state = load_file(directory / WEIGHTS_NAME)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("llm.")]
+            if missing or unexpected:
+                raise ValueError(f"{directory / WEIGHTS_NAME}: missing keys {missing}, unexpected keys {unexpected}")
+        model.lm_modified = config.lm.name_or_path == LM_SUBDIR
+        return model.eval()
+
+    def save_pretrained(self, directory: str | Path, save_lm: bool | None = None) -> None:
+        """Write config JSON + safetensors (+ `lm/` when the LM differs from its base) + SHA256SUMS.
+
+        The encoders are always stored by value (their config inlined), so a checkpoint never depends on an
+        ESM folder being present later; an unchanged base LM is stored by reference only.
+        """
+        from safetensors.torch import save_file
+
+        from biomedgpt.io import atomic_path, write_checksums
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = copy.deepcopy(self.config)
+        save_lm = self.lm_modified if save_lm is None else save_lm
+        names = [CONFIG_NAME]
+        if save_lm:
+            self.llm.save_pretrained(directory / LM_SUBDIR)
+            self.tokenizer.save_pretrained(directory / LM_SUBDIR)
+            config.lm.name_or_path, config.lm.arch, config.lm.tokenizer = LM_SUBDIR, None, None
+            names += [f"{LM_SUBDIR}/{p.name}" for p in sorted((directory / LM_SUBDIR).iterdir()) if p.is_file()]
+        if self.prot_structure_encoder is not None:
+            config.protein.arch, config.protein.name_or_path = self.prot_structure_encoder.config.to_diff_dict(), None
+            config.protein.arch.pop("transformers_version", None)
+            config.protein.arch.pop("architectures", None)
+            config.protein.arch.pop("model_type", None)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("llm.")}
+        if state:
+            with atomic_path(directory / WEIGHTS_NAME) as tmp:
+                save_file(state, str(tmp), metadata={"format": "pt"})
+            names.append(WEIGHTS_NAME)
+        with atomic_path(directory / CONFIG_NAME) as tmp:
+            config.save(tmp)
+        write_checksums(directory, names)
+
+    # ------------------------------------------------------------------ the splice
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    def encode_molecules(self, molecules: MoleculeBatch) -> torch.Tensor:
+        """All atoms of all molecules → LM embedding space: [total_atoms, lm_hidden]."""
+        if self.mol_structure_encoder is None:
+            raise ValueError("this model has no molecule encoder but the input contains molecules")
+        molecules = molecules.to(self.device)
+        nodes = self.mol_structure_encoder(molecules.x, molecules.edge_index, molecules.edge_attr)
+        return self.proj_mol(nodes)
+
+    def encode_proteins(self, proteins: ProteinBatch) -> torch.Tensor:
+        """Every non-pad ESM position of every protein → LM embedding space: [total_positions, lm_hidden]."""
+        if self.prot_structure_encoder is None:
+            raise ValueError("this model has no protein encoder but the input contains proteins")
+        proteins = proteins.to(self.device)
+        hidden = self.prot_structure_encoder(
+            input_ids=proteins.input_ids, attention_mask=proteins.attention_mask
+        ).last_hidden_state  # [P, L, D]
+        return self.proj_prot(hidden[proteins.attention_mask.bool()])  # row-major: protein by protein
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        molecules: MoleculeBatch | None = None,
+        proteins: ProteinBatch | None = None,
+        molecule_features: torch.Tensor | None = None,
+        protein_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The splice: token embeddings with every placeholder row replaced by its projected encoder output.
+
+        input_ids: [B, T] with MOLECULE_TOKEN_ID / PROTEIN_TOKEN_ID at placeholder positions.
+        `*_features` ([N, lm_hidden], already projected) skip the encoders, e.g. from a training cache.
+        Returns [B, T, lm_hidden]. One `masked_scatter` per modality fills placeholders in row-major order,
+        which is the order the collator lays out atoms and residues: no per-sample loop.
+        """
+        mol_mask = input_ids == MOLECULE_TOKEN_ID
+        prot_mask = input_ids == PROTEIN_TOKEN_ID
+        embeddings = self.llm.get_input_embeddings()(input_ids.masked_fill(mol_mask | prot_mask, 0))
+        if molecule_features is None and molecules is not None:
+            molecule_features = self.encode_molecules(molecules)
+        if protein_features is None and proteins is not None:
+            protein_features = self.encode_proteins(proteins)
+        embeddings = _scatter(embeddings, mol_mask, molecule_features, "molecule", "atom")
+        return _scatter(embeddings, prot_mask, protein_features, "protein", "residue")
+
+    # ------------------------------------------------------------------ LM interface
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        molecules: MoleculeBatch | None = None,
+        proteins: ProteinBatch | None = None,
+        molecule_features: torch.Tensor | None = None,
+        protein_features: torch.Tensor | None = None,
+        **lm_kwargs,
+    ):
+        """Causal-LM forward; `labels` use IGNORE_INDEX (-100) on prompt and placeholder positions."""
+        device = self.device
+        embeds = self.embed(input_ids.to(device), molecules, proteins, molecule_features, protein_features)
+        return self.llm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask.to(device) if attention_mask is not None else None,
+            labels=labels.to(device) if labels is not None else None,
+            **lm_kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        molecules: MoleculeBatch | None = None,
+        proteins: ProteinBatch | None = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """Encode the entities once, splice, then decode with the LM's KV cache (text tokens only).
+
+        `input_ids` must be left-padded. Returns only the new tokens: [B, new_tokens].
+        """
+        device = self.device
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        embeds = self.embed(input_ids.to(device), molecules, proteins)
+        generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        with warnings.catch_warnings():
+            # With embeddings as input, a repetition penalty can only see the new tokens; that is intended.
+            warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
+            return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask.to(device), **generate_kwargs)
+
+
+def _scatter(
+    embeddings: torch.Tensor, mask: torch.Tensor, features: torch.Tensor | None, modality: str, unit: str
+) -> torch.Tensor:
+    slots = int(mask.sum())
+    rows = 0 if features is None else int(features.shape[0])
+    if slots != rows:
+        raise ValueError(
+            f"{modality} placeholder count mismatch: the prompt has {slots} {modality} token positions but the "
+            f"{modality} encoder produced {rows} {unit} embeddings"
+        )
+    if slots == 0:
+        return embeddings
+    return embeddings.masked_scatter(mask.unsqueeze(-1), features.to(embeddings.dtype))
