@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from biomedgpt.constants import DEFAULT_BASE_LM
+from biomedgpt.modalities.protein import DEFAULT_MAX_RESIDUES, ESM_VOCAB_SIZE, MASK_ID, PAD_ID
 from biomedgpt.model.gin import GINConfig
 from biomedgpt.model.lm import BYTE_TOKENIZER, BYTE_VOCAB_SIZE
-from biomedgpt.modalities.protein import DEFAULT_MAX_RESIDUES, ESM_VOCAB_SIZE, MASK_ID, PAD_ID
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONFIG_FORMAT = 1

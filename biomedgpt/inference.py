@@ -19,9 +19,9 @@ import torch
 from biomedgpt.constants import ENV_MODEL
 from biomedgpt.data.collate import Example, collate, entity_prefix, render_prompt, tokenize_prompt
 from biomedgpt.errors import ModelNotFoundError
-from biomedgpt.model.biomedgpt import BioMedGPT
 from biomedgpt.modalities.molecule import DEFAULT_MAX_ATOMS, MoleculeGraph, smiles_to_graph
 from biomedgpt.modalities.protein import DEFAULT_MAX_RESIDUES, normalize_sequence
+from biomedgpt.model.biomedgpt import BioMedGPT
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from torch import nn
 from biomedgpt.config import BioMedGPTConfig
 from biomedgpt.constants import MOLECULE_TOKEN_ID, PROTEIN_TOKEN_ID
 from biomedgpt.errors import ModelNotFoundError
-from biomedgpt.model.gin import GIN
 from biomedgpt.modalities.molecule import MoleculeBatch
 from biomedgpt.modalities.protein import ProteinBatch
+from biomedgpt.model.gin import GIN
 
 logger = logging.getLogger(__name__)
 
