@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,20 +139,38 @@ def _decode(model: BioMedGPT, tokens: torch.Tensor, stop: Sequence[str]) -> str:
     return text.strip()
 
 
+def _interrupt_kwargs(should_stop: Callable[[], bool] | None) -> dict:
+    """`stopping_criteria` that end decoding (all rows) as soon as `should_stop()` is true, e.g. when the
+    client of a server request has gone away; checked once per decoded token."""
+    if should_stop is None:
+        return {}
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Interrupt(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+    return {"stopping_criteria": StoppingCriteriaList([_Interrupt()])}
+
+
 def generate_batch(
     model: BioMedGPT,
     conversations: Sequence[Sequence[Message]],
     settings: GenerationSettings | None = None,
     batch_size: int = 8,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[str]:
-    """Answer many conversations, `batch_size` at a time (left-padded, per-row stopping)."""
+    """Answer many conversations, `batch_size` at a time (left-padded, per-row stopping).
+
+    `should_stop`, if given, is polled after every token; when it returns True decoding ends early."""
     settings = settings or GenerationSettings()
     examples = [build_example(model, conversation) for conversation in conversations]
     answers: list[str] = []
+    extra = _interrupt_kwargs(should_stop)
     with _seeded(settings.seed):
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start : start + batch_size], model.tokenizer.pad_token_id, "left")
-            new_tokens = model.generate(**batch.model_inputs(), **settings.generate_kwargs(model.tokenizer))
+            new_tokens = model.generate(**batch.model_inputs(), **settings.generate_kwargs(model.tokenizer), **extra)
             answers += [_decode(model, row, settings.stop) for row in new_tokens]
     return answers
 
@@ -170,9 +188,13 @@ def ask(
 
 
 def stream(
-    model: BioMedGPT, messages: Sequence[Message], settings: GenerationSettings | None = None
+    model: BioMedGPT,
+    messages: Sequence[Message],
+    settings: GenerationSettings | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
-    """Yield the answer in text pieces as they are decoded (for chat UIs and SSE)."""
+    """Yield the answer in text pieces as they are decoded (for chat UIs and SSE); `should_stop` as in
+    `generate_batch` (a server sets it when the client disconnects)."""
     from transformers import TextIteratorStreamer
 
     settings = settings or GenerationSettings()
@@ -183,7 +205,8 @@ def stream(
     def work() -> None:
         try:
             with _seeded(settings.seed):
-                model.generate(**batch.model_inputs(), streamer=streamer, **settings.generate_kwargs(model.tokenizer))
+                model.generate(**batch.model_inputs(), streamer=streamer, **settings.generate_kwargs(model.tokenizer),
+                               **_interrupt_kwargs(should_stop))
         except BaseException as err:  # surfaced in the consumer thread below
             errors.append(err)
             streamer.end()

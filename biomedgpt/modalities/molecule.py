@@ -8,6 +8,7 @@ node and two per directed bond.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,9 @@ MASK_ATOM_INDEX = 119
 SELF_LOOP_BOND_INDEX = 4
 MASK_BOND_INDEX = 5
 DEFAULT_MAX_ATOMS = 256
+# parse_smiles swaps the handlers of the process-wide "rdkit" logger while it parses; serialise that swap so
+# concurrent callers (a server's request threads and its model worker) cannot leave a stale handler behind.
+_RDKIT_LOG_LOCK = threading.Lock()
 
 
 @dataclass
@@ -95,20 +99,21 @@ def parse_smiles(smiles: str):
     text = smiles.strip()
     rdkit_logger = logging.getLogger("rdkit")
     handler = _RDKitMessages()
-    rdBase.LogToPythonLogger()  # route RDKit's C++ log into Python logging so it can be captured
-    saved = rdkit_logger.handlers[:], rdkit_logger.propagate
-    rdkit_logger.handlers, rdkit_logger.propagate = [handler], False
-    try:
-        mol = Chem.MolFromSmiles(text, sanitize=False)
-        if mol is not None:
-            try:
-                Chem.SanitizeMol(mol)
-                mol = Chem.RemoveHs(mol)  # as MolFromSmiles' default: explicit [H] atoms are not graph nodes
-            except Exception as err:  # RDKit raises several sanitization exception types
-                handler.messages.append(str(err))
-                mol = None
-    finally:
-        rdkit_logger.handlers, rdkit_logger.propagate = saved
+    with _RDKIT_LOG_LOCK:
+        rdBase.LogToPythonLogger()  # route RDKit's C++ log into Python logging so it can be captured
+        saved = rdkit_logger.handlers[:], rdkit_logger.propagate
+        rdkit_logger.handlers, rdkit_logger.propagate = [handler], False
+        try:
+            mol = Chem.MolFromSmiles(text, sanitize=False)
+            if mol is not None:
+                try:
+                    Chem.SanitizeMol(mol)
+                    mol = Chem.RemoveHs(mol)  # as MolFromSmiles' default: explicit [H] atoms are not graph nodes
+                except Exception as err:  # RDKit raises several sanitization exception types
+                    handler.messages.append(str(err))
+                    mol = None
+        finally:
+            rdkit_logger.handlers, rdkit_logger.propagate = saved
     if mol is None:
         reason = "; ".join(dict.fromkeys(m for m in handler.messages if m)) or "RDKit cannot parse it"
         raise InvalidSmilesError(f"invalid SMILES {text!r}: {reason}")
