@@ -19,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,7 +99,9 @@ def wordnet_reader():
     root = wordnet_root()
     if str(root) not in nltk.data.path:
         nltk.data.path.append(str(root))
-    return WordNetCorpusReader(str(root / "corpora" / "wordnet"), None)
+    with warnings.catch_warnings():  # "multilingual functions are not available": expected without OMW
+        warnings.simplefilter("ignore", UserWarning)
+        return WordNetCorpusReader(str(root / "corpora" / "wordnet"), None)
 
 
 def _check_pairs(references: Sequence[str], predictions: Sequence[str]) -> None:

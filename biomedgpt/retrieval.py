@@ -1,0 +1,273 @@
+"""Nearest-neighbour index over known molecules and proteins with their annotations.
+
+Two uses: the nearest-neighbour baselines of the evaluation (copy the answer of the most similar training
+entity), and the "evidence" shown beside model answers (the most similar known molecules / proteins).
+
+- Molecules: Morgan fingerprints (radius 2, 2,048 bits; RDKit), Tanimoto similarity with
+  `BulkTanimotoSimilarity` against the whole pool (exact, ~1 µs per pair).
+- Proteins: a k-mer prefilter (shared unique k-mers through an inverted index) picks `candidates` sequences,
+  then each is aligned (Biopython `PairwiseAligner`, global, BLOSUM62, gap -10/-0.5) and ranked by identity =
+  identical aligned positions / length of the shorter sequence (CD-HIT's definition).
+
+Build it from QA records (`RetrievalIndex.from_records`), query with `query_molecule` / `query_protein`, and
+save/load it as one gzipped JSON file (fingerprints stored, so loading does not re-run RDKit).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from biomedgpt.constants import MOLECULE, PROTEIN
+from biomedgpt.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_RADIUS = 2
+FINGERPRINT_BITS = 2048
+KMER = 3  # BLAST's protein word size: short enough that remote homologs still share words
+INDEX_FORMAT = 1
+
+
+@dataclass
+class Entry:
+    """One known entity with its annotation (the answer of the QA record it came from)."""
+
+    id: str
+    kind: str  # "molecule" or "protein"
+    entity: str  # SMILES as given, or the normalised sequence
+    annotation: str
+    question: str = ""
+    key: str = ""  # InChIKey (molecules) or the sequence itself (proteins): identity across files
+
+
+@dataclass
+class Neighbor:
+    """A query result: the known entity, how similar it is (Tanimoto or identity, in [0, 1]) and what it is."""
+
+    id: str
+    similarity: float
+    annotation: str
+    smiles: str | None = None
+    sequence: str | None = None
+    question: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def morgan_fingerprint(smiles: str):
+    """Morgan (ECFP4-like) bit vector, radius 2, 2,048 bits; raises `InvalidSmilesError` on a bad SMILES."""
+    from rdkit.Chem import rdFingerprintGenerator
+
+    from biomedgpt.modalities.molecule import parse_smiles
+
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=FINGERPRINT_RADIUS, fpSize=FINGERPRINT_BITS)
+    return generator.GetFingerprint(parse_smiles(smiles))
+
+
+def inchikey(smiles: str) -> str:
+    from rdkit import Chem
+
+    from biomedgpt.modalities.molecule import parse_smiles
+
+    return Chem.MolToInchiKey(parse_smiles(smiles))
+
+
+def clean_sequence(text: str) -> str:
+    """Upper-case residues without whitespace or FASTA header; no length cap (unlike the ESM input path)."""
+    from biomedgpt.modalities.protein import normalize_sequence
+
+    return normalize_sequence(text, max_residues=10**9)
+
+
+def _kmer_codes(sequence: str, k: int = KMER) -> np.ndarray:
+    """Unique k-mers of a sequence as integers (base-26 codes of the letters)."""
+    if len(sequence) < k:
+        return np.zeros(0, dtype=np.int64)
+    letters = np.frombuffer(sequence.encode("ascii"), dtype=np.uint8).astype(np.int64) - ord("A")
+    codes = np.zeros(len(sequence) - k + 1, dtype=np.int64)
+    for offset in range(k):
+        codes = codes * 26 + letters[offset : len(sequence) - k + 1 + offset]
+    return np.unique(codes)
+
+
+def _aligner():
+    from Bio import Align
+    from Bio.Align import substitution_matrices
+
+    return Align.PairwiseAligner(mode="global", substitution_matrix=substitution_matrices.load("BLOSUM62"),
+                                 open_gap_score=-10.0, extend_gap_score=-0.5)
+
+
+def alignment_identity(a: str, b: str, aligner=None) -> float:
+    """Identical positions of the best global alignment / length of the shorter sequence, in [0, 1]."""
+    if not a or not b:
+        return 0.0
+    alignment = (aligner or _aligner()).align(a, b)[0]
+    return alignment.counts().identities / min(len(a), len(b))
+
+
+class _MoleculeTable:
+    def __init__(self, entries: list[Entry], fingerprints: list) -> None:
+        self.entries, self.fingerprints = entries, fingerprints
+
+    def query(self, smiles: str, k: int) -> list[tuple[int, float]]:
+        from rdkit import DataStructs
+
+        if not self.entries:
+            return []
+        sims = np.asarray(DataStructs.BulkTanimotoSimilarity(morgan_fingerprint(smiles), self.fingerprints))
+        order = np.argsort(-sims, kind="stable")[:k]  # ties: earlier pool entry first
+        return [(int(i), float(sims[i])) for i in order]
+
+
+class _ProteinTable:
+    def __init__(self, entries: list[Entry], candidates: int) -> None:
+        self.entries, self.candidates = entries, candidates
+        kmers = [_kmer_codes(e.entity) for e in entries]
+        self.kmer_counts = np.array([len(codes) for codes in kmers], dtype=np.float64)
+        postings: dict[int, list[int]] = {}
+        for row, codes in enumerate(kmers):
+            for code in codes.tolist():
+                postings.setdefault(code, []).append(row)
+        self.postings = {code: np.asarray(rows, dtype=np.int64) for code, rows in postings.items()}
+        self._aligner = None
+
+    def prefilter(self, sequence: str, n: int) -> np.ndarray:
+        """Rows of the `n` pool sequences sharing the largest fraction of unique k-mers with `sequence`."""
+        codes = _kmer_codes(sequence)
+        hits = [self.postings[c] for c in codes.tolist() if c in self.postings]
+        shared = np.bincount(np.concatenate(hits), minlength=len(self.entries)) if hits else \
+            np.zeros(len(self.entries), dtype=np.int64)
+        sizes = np.maximum(1.0, np.minimum(len(codes), self.kmer_counts))
+        return np.argsort(-(shared / sizes), kind="stable")[:n]
+
+    def query(self, sequence: str, k: int) -> list[tuple[int, float]]:
+        if not self.entries:
+            return []
+        self._aligner = self._aligner or _aligner()
+        rows = self.prefilter(sequence, max(k, self.candidates))
+        scored = [(int(r), alignment_identity(sequence, self.entries[r].entity, self._aligner)) for r in rows]
+        scored.sort(key=lambda pair: -pair[1])  # stable: prefilter order breaks ties
+        return scored[:k]
+
+
+class RetrievalIndex:
+    """Known molecules and proteins with annotations; query → top-k `Neighbor`s."""
+
+    def __init__(self, molecules: list[Entry], proteins: list[Entry], fingerprints: list | None = None,
+                 candidates: int = 10) -> None:
+        if fingerprints is None:
+            fingerprints = [morgan_fingerprint(e.entity) for e in molecules]
+        self.candidates = candidates
+        self._molecules = _MoleculeTable(molecules, fingerprints)
+        self._proteins = _ProteinTable(proteins, candidates)
+
+    @property
+    def molecules(self) -> list[Entry]:
+        return self._molecules.entries
+
+    @property
+    def proteins(self) -> list[Entry]:
+        return self._proteins.entries
+
+    def __len__(self) -> int:
+        return len(self.molecules) + len(self.proteins)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_records(cls, records: Iterable, candidates: int = 10) -> RetrievalIndex:
+        """Index QA records (`biomedgpt.data.records.QARecord`) that carry exactly one molecule or one protein.
+
+        Records with several entities, or an entity RDKit / the sequence check rejects, are skipped (logged
+        with a count): a reference pool must never stop an evaluation.
+        """
+        from rdkit import DataStructs  # noqa: F401  (fail early if RDKit is missing)
+
+        molecules, proteins, fingerprints, skipped = [], [], [], 0
+        for record in records:
+            try:
+                if len(record.molecules) == 1 and not record.proteins:
+                    smiles = record.molecules[0]
+                    fingerprints.append(morgan_fingerprint(smiles))
+                    molecules.append(Entry(record.id, MOLECULE, smiles, record.answer, record.question,
+                                           inchikey(smiles)))
+                elif len(record.proteins) == 1 and not record.molecules:
+                    sequence = clean_sequence(record.proteins[0])
+                    proteins.append(Entry(record.id, PROTEIN, sequence, record.answer, record.question, sequence))
+                else:
+                    skipped += 1
+            except UserError as err:
+                skipped += 1
+                logger.debug("retrieval index: skipping record %s: %s", record.id, err)
+        if skipped:
+            logger.warning("retrieval index: skipped %d records (not exactly one valid entity)", skipped)
+        return cls(molecules, proteins, fingerprints, candidates)
+
+    def without(self, keys: set[str]) -> tuple[RetrievalIndex, int]:
+        """A copy without entries whose key (InChIKey / sequence) is in `keys`, and how many were removed.
+        Used to drop every pool entity that also occurs in the evaluated set (leakage)."""
+        keep = [i for i, e in enumerate(self.molecules) if e.key not in keys]
+        proteins = [e for e in self.proteins if e.key not in keys]
+        removed = len(self) - len(keep) - len(proteins)
+        index = RetrievalIndex([self.molecules[i] for i in keep], proteins,
+                               [self._molecules.fingerprints[i] for i in keep], self.candidates)
+        return index, removed
+
+    # ------------------------------------------------------------------ queries
+    def query_molecule(self, smiles: str, k: int = 5) -> list[Neighbor]:
+        """Top-k known molecules by Tanimoto similarity; raises `InvalidSmilesError` on a bad SMILES."""
+        return [self._neighbor(self.molecules[i], s) for i, s in self._molecules.query(smiles, k)]
+
+    def query_protein(self, sequence: str, k: int = 5) -> list[Neighbor]:
+        """Top-k known proteins by alignment identity (after the k-mer prefilter); raises
+        `InvalidSequenceError` on a bad sequence."""
+        return [self._neighbor(self.proteins[i], s) for i, s in self._proteins.query(clean_sequence(sequence), k)]
+
+    @staticmethod
+    def _neighbor(entry: Entry, similarity: float) -> Neighbor:
+        is_molecule = entry.kind == MOLECULE
+        return Neighbor(entry.id, similarity, entry.annotation, smiles=entry.entity if is_molecule else None,
+                        sequence=None if is_molecule else entry.entity, question=entry.question)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write the index as gzipped JSON (atomically); Morgan fingerprints are stored as base64."""
+        from biomedgpt.io import atomic_path
+
+        data = {
+            "format": INDEX_FORMAT,
+            "fingerprint": {"radius": FINGERPRINT_RADIUS, "bits": FINGERPRINT_BITS},
+            "candidates": self.candidates,
+            "molecules": [asdict(e) for e in self.molecules],
+            "fingerprints": [fp.ToBase64() for fp in self._molecules.fingerprints],
+            "proteins": [asdict(e) for e in self.proteins],
+        }
+        with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as handle:
+            json.dump(data, handle)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RetrievalIndex:
+        from rdkit import DataStructs
+
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, json.JSONDecodeError, EOFError) as err:
+            raise UserError(f"{path}: not a retrieval index ({err})") from None
+        if data.get("format") != INDEX_FORMAT or data.get("fingerprint", {}).get("bits") != FINGERPRINT_BITS:
+            raise UserError(f"{path}: unsupported retrieval index format")
+        fingerprints = []
+        for text in data["fingerprints"]:
+            fp = DataStructs.ExplicitBitVect(FINGERPRINT_BITS)
+            fp.FromBase64(text)
+            fingerprints.append(fp)
+        return cls([Entry(**e) for e in data["molecules"]], [Entry(**e) for e in data["proteins"]], fingerprints,
+                   data.get("candidates", 10))
