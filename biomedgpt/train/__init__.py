@@ -1,0 +1,1 @@
+"""Training: one loop (`loop.train`) for every stage; a stage is configuration (`stages.STAGES`)."""
