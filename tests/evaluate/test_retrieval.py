@@ -1,0 +1,92 @@
+"""The nearest-neighbour index (molecules by Morgan/Tanimoto, proteins by k-mer prefilter + alignment)."""
+
+from __future__ import annotations
+
+import pytest
+from rdkit import Chem, DataStructs
+from rdkit.Chem import AllChem
+
+from biomedgpt.data.records import QARecord
+from biomedgpt.errors import InvalidSequenceError, InvalidSmilesError
+from biomedgpt.retrieval import RetrievalIndex, alignment_identity, inchikey
+
+MOLECULES = {
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "salicylic": "O=C(O)c1ccccc1O",
+    "ethanol": "CCO",
+    "hexane": "CCCCCC",
+    "caffeine": "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
+}
+PROTEIN_A = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALRPDEDRLSPLHSVYVDQWDWERVMGDGERQFSTLKSTVEAIWAGIKATEAAVSEEFGLAPFLPDQIHFVHSQELLSRYPDLDAKGRERAIAKDLGAVFLVGIGGKLSDGHRHDVRAPDYDDWSTPSELGHAGLNGDILVWNPVLEDAFELSSMGIRVDADTLKHQLALTGDEDRLELEWHQALLRGEMPQTIGGGIGQSRLTMLLLQLPHIGQVQAGVWPAACRESVPALLELA"  # noqa: E501
+PROTEIN_B = "MSDNGPQNQRNAPRITFGGPSDSTGSNQNGERSGARSKQRRPQGLPNNTASWFTALTQHGKEDLKFPRGQGVPINTNSSPDDQIGYYRRATRRIRGGDGKMKDLSPRWYFYYLGTGPEAGLPYGANKDGIIWVATEGALNTPKDHIGTRNPANNAAIVLQLPQGTTLPKGFYAE"  # noqa: E501
+
+
+def _record(name, smiles=None, protein=None):
+    return QARecord(id=name, question="What is it?", answer=f"about {name}",
+                    molecules=[smiles] if smiles else [], proteins=[protein] if protein else [])
+
+
+@pytest.fixture(scope="module")
+def index():
+    records = [_record(name, smiles=s) for name, s in MOLECULES.items()]
+    records += [_record("protA", protein=PROTEIN_A), _record("protB", protein=PROTEIN_B),
+                _record("bad", smiles="C1CC"), _record("two", smiles="CCO")]
+    records[-1].molecules.append("CCN")  # two molecules: not indexed
+    return RetrievalIndex.from_records(records)
+
+
+def test_builds_from_records_and_skips_invalid_or_multi_entity(index):
+    assert [e.id for e in index.molecules] == list(MOLECULES)
+    assert [e.id for e in index.proteins] == ["protA", "protB"]
+    assert index.molecules[0].key == inchikey(MOLECULES["aspirin"])
+
+
+def test_molecule_query_ranks_by_tanimoto_like_rdkit(index):
+    hits = index.query_molecule("OC(=O)c1ccccc1OC(C)=O", k=3)  # aspirin written differently
+    assert hits[0].id == "aspirin" and hits[0].similarity == pytest.approx(1.0)
+    assert hits[0].smiles == MOLECULES["aspirin"] and hits[0].sequence is None
+    assert hits[1].id == "salicylic"
+    # the similarity is RDKit's own Tanimoto of radius-2 / 2048-bit Morgan fingerprints
+    fp = [AllChem.GetMorganFingerprintAsBitVect(Chem.MolFromSmiles(s), 2, nBits=2048)
+          for s in (MOLECULES["aspirin"], MOLECULES["salicylic"])]
+    assert hits[1].similarity == pytest.approx(DataStructs.TanimotoSimilarity(*fp))
+    assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
+
+
+def test_protein_query_finds_a_mutated_copy_by_identity(index):
+    mutant = PROTEIN_B[:50] + "W" + PROTEIN_B[51:100] + PROTEIN_B[110:]  # one substitution, 10 deleted
+    hits = index.query_protein(mutant, k=2)
+    assert hits[0].id == "protB" and hits[0].sequence == PROTEIN_B and hits[0].smiles is None
+    assert hits[0].similarity == pytest.approx((len(mutant) - 1) / len(mutant))
+    assert hits[1].similarity < 0.3
+
+
+def test_alignment_identity_hand_cases():
+    assert alignment_identity("ACDEFGHIKL", "ACDEFGHIKL") == 1.0
+    assert alignment_identity("ACDEFGHIKL", "ACDEFGHIKA") == pytest.approx(0.9)
+    assert alignment_identity("ACDEFGHIKL", "ACDEFKL") == pytest.approx(1.0)  # shorter fully contained
+
+
+def test_bad_queries_raise_clear_errors(index):
+    with pytest.raises(InvalidSmilesError, match="C1CC"):
+        index.query_molecule("C1CC")
+    with pytest.raises(InvalidSequenceError, match="position 3"):
+        index.query_protein("MK1A")
+
+
+def test_without_removes_by_inchikey_and_sequence(index):
+    smaller, removed = index.without({inchikey("C(C)O"), PROTEIN_A})
+    assert removed == 2
+    assert "ethanol" not in [e.id for e in smaller.molecules]
+    assert [e.id for e in smaller.proteins] == ["protB"]
+    assert smaller.query_molecule("CCO", k=1)[0].id != "ethanol"
+
+
+def test_save_load_round_trip(index, tmp_path):
+    path = tmp_path / "index.json.gz"
+    index.save(path)
+    loaded = RetrievalIndex.load(path)
+    assert loaded.molecules == index.molecules and loaded.proteins == index.proteins
+    for smiles in ("CCCCO", "c1ccccc1O"):
+        assert loaded.query_molecule(smiles, k=5) == index.query_molecule(smiles, k=5)
+    assert loaded.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
