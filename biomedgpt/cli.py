@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "biomedgpt.inference_cli",
     "biomedgpt.train.cli",
     "biomedgpt.evaluate.cli",
+    "biomedgpt.model.cli",
 )
 
 

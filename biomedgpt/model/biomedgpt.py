@@ -114,8 +114,18 @@ class BioMedGPT(nn.Module):
         return cls.from_config(config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, verify: bool = True) -> BioMedGPT:
-        """Load a folder written by `save_pretrained` (checksums verified when `SHA256SUMS` is present)."""
+    def from_pretrained(
+        cls, directory: str | Path, verify: bool = True, *, dtype: str | None = None, device_map=None
+    ) -> BioMedGPT:
+        """Load a folder written by `save_pretrained` (checksums verified when `SHA256SUMS` is present).
+
+        With `dtype` ("bfloat16", …) or `device_map` ("auto", "cuda:0", an accelerate map) the model is built on
+        the meta device and its files are streamed in (`biomedgpt.model.published.load_model_folder`): host memory
+        stays near the model's size in that dtype; use it for large models."""
+        if dtype is not None or device_map is not None:
+            from biomedgpt.model.published import load_model_folder
+
+            return load_model_folder(directory, dtype=dtype, device_map=device_map, verify=verify)[0]
         from safetensors.torch import load_file
 
         from biomedgpt.io import verify_checksums
@@ -136,11 +146,14 @@ class BioMedGPT(nn.Module):
         model.lm_modified = config.lm.name_or_path == LM_SUBDIR
         return model.eval()
 
-    def save_pretrained(self, directory: str | Path, save_lm: bool | None = None) -> None:
+    def save_pretrained(
+        self, directory: str | Path, save_lm: bool | None = None, max_shard_size: int | str | None = None
+    ) -> None:
         """Write config JSON + safetensors (+ `lm/` when the LM differs from its base) + SHA256SUMS.
 
         The encoders are always stored by value (their config inlined), so a checkpoint never depends on an
-        ESM folder being present later; an unchanged base LM is stored by reference only.
+        ESM folder being present later; an unchanged base LM is stored by reference only. `max_shard_size`
+        (e.g. "5GB") splits the LM's safetensors into shards with an index JSON.
         """
         from safetensors.torch import save_file
 
@@ -152,7 +165,8 @@ class BioMedGPT(nn.Module):
         save_lm = self.lm_modified if save_lm is None else save_lm
         names = [CONFIG_NAME]
         if save_lm:
-            self.llm.save_pretrained(directory / LM_SUBDIR)
+            shard_kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
+            self.llm.save_pretrained(directory / LM_SUBDIR, **shard_kwargs)
             self.tokenizer.save_pretrained(directory / LM_SUBDIR)
             config.lm.name_or_path, config.lm.arch, config.lm.tokenizer = LM_SUBDIR, None, None
             names += [f"{LM_SUBDIR}/{p.name}" for p in sorted((directory / LM_SUBDIR).iterdir()) if p.is_file()]
