@@ -17,6 +17,8 @@ from biomedgpt.errors import UserError
 # One line per area; each module defines `register(subparsers: argparse._SubParsersAction) -> None`.
 COMMAND_MODULES = (
     "biomedgpt.inference_cli",
+    "biomedgpt.serve.cli",
+    "biomedgpt.batch_cli",
     "biomedgpt.train.cli",
     "biomedgpt.evaluate.cli",
     "biomedgpt.model.cli",
