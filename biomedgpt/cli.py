@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "biomedgpt.batch_cli",
     "biomedgpt.train.cli",
     "biomedgpt.evaluate.cli",
+    "biomedgpt.data.cli",
     "biomedgpt.model.cli",
 )
 
