@@ -106,11 +106,15 @@ def _aligner():
                                  open_gap_score=-10.0, extend_gap_score=-0.5)
 
 
+# BLOSUM62 has no selenocysteine (U) or pyrrolysine (O): they align as the unknown residue X.
+_TO_BLOSUM = str.maketrans("UO", "XX")
+
+
 def alignment_identity(a: str, b: str, aligner=None) -> float:
     """Identical positions of the best global alignment / length of the shorter sequence, in [0, 1]."""
     if not a or not b:
         return 0.0
-    alignment = (aligner or _aligner()).align(a, b)[0]
+    alignment = (aligner or _aligner()).align(a.translate(_TO_BLOSUM), b.translate(_TO_BLOSUM))[0]
     return alignment.counts().identities / min(len(a), len(b))
 
 
@@ -118,14 +122,17 @@ class _MoleculeTable:
     def __init__(self, entries: list[Entry], fingerprints: list) -> None:
         self.entries, self.fingerprints = entries, fingerprints
 
-    def query(self, smiles: str, k: int) -> list[tuple[int, float]]:
+    def query(self, smiles: str, k: int, mask: np.ndarray | None = None) -> list[tuple[int, float]]:
         from rdkit import DataStructs
 
+        fingerprint = morgan_fingerprint(smiles)
         if not self.entries:
             return []
-        sims = np.asarray(DataStructs.BulkTanimotoSimilarity(morgan_fingerprint(smiles), self.fingerprints))
+        sims = np.asarray(DataStructs.BulkTanimotoSimilarity(fingerprint, self.fingerprints))
+        if mask is not None:
+            sims = np.where(mask, sims, -1.0)
         order = np.argsort(-sims, kind="stable")[:k]  # ties: earlier pool entry first
-        return [(int(i), float(sims[i])) for i in order]
+        return [(int(i), float(sims[i])) for i in order if sims[i] >= 0]
 
 
 class _ProteinTable:
@@ -140,20 +147,24 @@ class _ProteinTable:
         self.postings = {code: np.asarray(rows, dtype=np.int64) for code, rows in postings.items()}
         self._aligner = None
 
-    def prefilter(self, sequence: str, n: int) -> np.ndarray:
-        """Rows of the `n` pool sequences sharing the largest fraction of unique k-mers with `sequence`."""
+    def prefilter(self, sequence: str, n: int, mask: np.ndarray | None = None) -> np.ndarray:
+        """Rows of the `n` pool sequences (among `mask`, default all) sharing the largest fraction of unique
+        k-mers with `sequence`."""
         codes = _kmer_codes(sequence)
         hits = [self.postings[c] for c in codes.tolist() if c in self.postings]
         shared = np.bincount(np.concatenate(hits), minlength=len(self.entries)) if hits else \
             np.zeros(len(self.entries), dtype=np.int64)
-        sizes = np.maximum(1.0, np.minimum(len(codes), self.kmer_counts))
-        return np.argsort(-(shared / sizes), kind="stable")[:n]
+        fraction = shared / np.maximum(1.0, np.minimum(len(codes), self.kmer_counts))
+        if mask is not None:
+            fraction = np.where(mask, fraction, -1.0)
+        order = np.argsort(-fraction, kind="stable")[:n]
+        return order[fraction[order] >= 0]
 
-    def query(self, sequence: str, k: int) -> list[tuple[int, float]]:
+    def query(self, sequence: str, k: int, mask: np.ndarray | None = None) -> list[tuple[int, float]]:
         if not self.entries:
             return []
         self._aligner = self._aligner or _aligner()
-        rows = self.prefilter(sequence, max(k, self.candidates))
+        rows = self.prefilter(sequence, max(k, self.candidates), mask)
         scored = [(int(r), alignment_identity(sequence, self.entries[r].entity, self._aligner)) for r in rows]
         scored.sort(key=lambda pair: -pair[1])  # stable: prefilter order breaks ties
         return scored[:k]
@@ -169,6 +180,7 @@ class RetrievalIndex:
         self.candidates = candidates
         self._molecules = _MoleculeTable(molecules, fingerprints)
         self._proteins = _ProteinTable(proteins, candidates)
+        self._masks: dict[tuple[str, str], np.ndarray] = {}
 
     @property
     def molecules(self) -> list[Entry]:
@@ -222,14 +234,32 @@ class RetrievalIndex:
         return index, removed
 
     # ------------------------------------------------------------------ queries
-    def query_molecule(self, smiles: str, k: int = 5) -> list[Neighbor]:
-        """Top-k known molecules by Tanimoto similarity; raises `InvalidSmilesError` on a bad SMILES."""
-        return [self._neighbor(self.molecules[i], s) for i, s in self._molecules.query(smiles, k)]
+    def has_question(self, kind: str, question: str) -> bool:
+        """Whether any indexed molecule / protein entry came from a record with exactly this question."""
+        entries = self.molecules if kind == MOLECULE else self.proteins
+        return any(e.question == question for e in entries)
 
-    def query_protein(self, sequence: str, k: int = 5) -> list[Neighbor]:
-        """Top-k known proteins by alignment identity (after the k-mer prefilter); raises
-        `InvalidSequenceError` on a bad sequence."""
-        return [self._neighbor(self.proteins[i], s) for i, s in self._proteins.query(clean_sequence(sequence), k)]
+    def _mask(self, kind: str, question: str | None) -> np.ndarray | None:
+        """Boolean mask [pool size] of the entries asked `question` (None: no restriction), cached."""
+        if question is None:
+            return None
+        if (kind, question) not in self._masks:
+            entries = self.molecules if kind == MOLECULE else self.proteins
+            self._masks[kind, question] = np.array([e.question == question for e in entries], dtype=bool)
+        return self._masks[kind, question]
+
+    def query_molecule(self, smiles: str, k: int = 5, question: str | None = None) -> list[Neighbor]:
+        """Top-k known molecules by Tanimoto similarity (only entries asked `question`, when given); raises
+        `InvalidSmilesError` on a bad SMILES."""
+        mask = self._mask(MOLECULE, question)
+        return [self._neighbor(self.molecules[i], s) for i, s in self._molecules.query(smiles, k, mask)]
+
+    def query_protein(self, sequence: str, k: int = 5, question: str | None = None) -> list[Neighbor]:
+        """Top-k known proteins by alignment identity after the k-mer prefilter (only entries asked
+        `question`, when given); raises `InvalidSequenceError` on a bad sequence."""
+        mask = self._mask(PROTEIN, question)
+        hits = self._proteins.query(clean_sequence(sequence), k, mask)
+        return [self._neighbor(self.proteins[i], s) for i, s in hits]
 
     @staticmethod
     def _neighbor(entry: Entry, similarity: float) -> Neighbor:

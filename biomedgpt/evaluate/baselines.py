@@ -7,6 +7,9 @@
 - `majority`: the most frequent training answer (QA) or answer letter (multiple choice).
 - `random`: a seeded random training answer (QA) or a uniformly random option (multiple choice).
 
+For QA, training records asked the same question as the evaluated record are used when there are any (a pool
+may mix tasks, e.g. GO function and subcellular location questions about the same proteins); otherwise all.
+
 Each predictor maps a batch of records to prediction dicts (`{"prediction": ..., **details}`), like the model
 predictors in `biomedgpt.evaluate.runner`.
 """
@@ -18,6 +21,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 
+from biomedgpt.constants import MOLECULE, PROTEIN
 from biomedgpt.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -61,9 +65,11 @@ class NearestNeighbor:
     def _one(self, record) -> dict:
         try:
             if len(record.molecules) == 1 and not record.proteins:
-                hits = self.index.query_molecule(record.molecules[0], k=1)
+                question = record.question if self.index.has_question(MOLECULE, record.question) else None
+                hits = self.index.query_molecule(record.molecules[0], k=1, question=question)
             elif len(record.proteins) == 1 and not record.molecules:
-                hits = self.index.query_protein(record.proteins[0], k=1)
+                question = record.question if self.index.has_question(PROTEIN, record.question) else None
+                hits = self.index.query_protein(record.proteins[0], k=1, question=question)
             else:
                 return {"prediction": "", "error": "not exactly one molecule or protein"}
         except UserError as err:
@@ -86,12 +92,17 @@ class Majority:
             raise UserError("the majority baseline needs training records (--train)")
         if not train and not multiple_choice:
             raise UserError("the majority baseline for free-text QA needs --train")
-        counts = Counter(record.answer for record in source)
-        self.answer = counts.most_common(1)[0][0]
+        self.answer = Counter(record.answer for record in source).most_common(1)[0][0]
+        self.by_question: dict[str, str] = {}
+        if not multiple_choice:  # per question, for pools that mix tasks
+            per_question: dict[str, Counter] = {}
+            for record in source:
+                per_question.setdefault(record.question, Counter())[record.answer] += 1
+            self.by_question = {q: counts.most_common(1)[0][0] for q, counts in per_question.items()}
         self.details = {"majority_answer": self.answer, "oracle_labels": not train}
 
     def __call__(self, records: Sequence) -> list[dict]:
-        return [{"prediction": self.answer} for _ in records]
+        return [{"prediction": self.by_question.get(record.question, self.answer)} for record in records]
 
 
 class RandomGuess:
@@ -104,6 +115,9 @@ class RandomGuess:
         if not multiple_choice and not train:
             raise UserError("the random baseline for free-text QA needs --train")
         self.answers = [record.answer for record in train]
+        self.by_question: dict[str, list[str]] = {}
+        for record in train:
+            self.by_question.setdefault(record.question, []).append(record.answer)
         self.multiple_choice, self.seed = multiple_choice, seed
         self.details = {"seed": seed}
 
@@ -111,7 +125,10 @@ class RandomGuess:
         out = []
         for record in records:
             rng = random.Random(f"{self.seed}:{record.id}")
-            choices = sorted(record.options) if self.multiple_choice else self.answers
+            if self.multiple_choice:
+                choices = sorted(record.options)
+            else:
+                choices = self.by_question.get(record.question, self.answers)
             out.append({"prediction": rng.choice(choices)})
         return out
 

@@ -66,3 +66,21 @@ def test_make_baseline_rejects_what_does_not_apply():
         make_baseline("nn", [], TRAIN, False, 0)
     with pytest.raises(UserError, match="--train"):
         make_baseline("majority", [], TRAIN, False, 0)
+
+
+def test_mixed_pools_answer_from_records_asked_the_same_question():
+    seq = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEV"
+    train = [QARecord(id="go", question="Function?", answer="ATP binding", proteins=[seq]),
+             QARecord(id="loc", question="Where?", answer="nucleus", proteins=[seq[:-1] + "A"]),
+             QARecord(id="loc2", question="Where?", answer="nucleus", proteins=["MSDNGPQNQRNAPRITFGGPSDSTGSNQNG"]),
+             QARecord(id="loc3", question="Where?", answer="cytoplasm", proteins=["MSDNGPQNQRNAPRITFGG"])]
+    evaluated = [QARecord(id="e", question="Where?", answer="?", proteins=[seq[:-2] + "WW"]),
+                 QARecord(id="f", question="Other?", answer="?", proteins=[seq[:-2] + "WW"])]
+    out = NearestNeighbor(train, evaluated)(evaluated)
+    assert out[0]["neighbor"] == "loc"  # "go" is as close, but answers another question
+    assert out[1]["neighbor"] == "go"  # no record asked "Other?": the whole pool
+    majority = Majority(train, [], False)
+    assert [p["prediction"] for p in majority(evaluated)] == ["nucleus", "nucleus"]
+    assert majority([train[0]])[0]["prediction"] == "ATP binding"
+    guesses = RandomGuess(train, False, seed=0)([evaluated[0]] * 1)
+    assert guesses[0]["prediction"] in {"nucleus", "cytoplasm"}

@@ -65,6 +65,7 @@ def test_alignment_identity_hand_cases():
     assert alignment_identity("ACDEFGHIKL", "ACDEFGHIKL") == 1.0
     assert alignment_identity("ACDEFGHIKL", "ACDEFGHIKA") == pytest.approx(0.9)
     assert alignment_identity("ACDEFGHIKL", "ACDEFKL") == pytest.approx(1.0)  # shorter fully contained
+    assert alignment_identity("ACDUFGHIKO", "ACDUFGHIKL") == pytest.approx(0.9)  # U and O are not in BLOSUM62
 
 
 def test_bad_queries_raise_clear_errors(index):
