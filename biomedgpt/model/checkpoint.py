@@ -250,6 +250,7 @@ def load_weights(
                 elif name not in targets:
                     report.unexpected.append(key)
                 elif tuple(tensor.shape) != tuple(targets[name].shape):
+                    loaded.add(name)  # present, just wrong: reported as a mismatch, not also as missing
                     report.mismatched.append(
                         f"{key}: checkpoint {list(tensor.shape)} vs model {list(targets[name].shape)}")
                 else:
@@ -257,7 +258,7 @@ def load_weights(
                     loaded.add(name)
                 del tensor
     _retie(model)
-    report.loaded = len(loaded)
+    report.loaded = len(loaded) - len(report.mismatched)
     report.missing = [name for name in targets if name not in loaded and name not in tied
                       and not any(p.search(name) for p in computed)]
     _place_buffers(model, device_map)

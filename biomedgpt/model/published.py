@@ -134,7 +134,9 @@ def empty_lm(config, dtype: torch.dtype) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     with _empty():
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # init_empty_weights loses the embedding/head tie; parameter counts need it
+    return model
 
 
 def empty_esm(config, dtype: torch.dtype) -> nn.Module:
