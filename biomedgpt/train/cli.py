@@ -52,7 +52,8 @@ def run_train(args) -> int:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     summary = train(config, resume=args.resume)
-    print(json.dumps({k: v for k, v in summary.items() if v is not None}))
+    if summary["process"] == 0:
+        print(json.dumps({k: v for k, v in summary.items() if v is not None}))
     return 0
 
 

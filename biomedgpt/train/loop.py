@@ -56,41 +56,58 @@ def epoch_plan(lengths: list[int], global_batch: int, seed: int, epoch: int, gro
 
 
 class BatchStream:
-    """This process's micro-batches, addressable by global micro-batch index (so resume is a seek)."""
+    """This process's micro-batches, addressable by (optimizer step, accumulation index): resume is a seek.
+
+    One optimizer step consumes a planned batch of batch_size x processes x grad_accum indices; micro-batch i
+    is its i-th slice of batch_size x processes, and each process takes its own batch_size rows of that. So
+    batch 2B equals 2 processes x B equals batch B x 2 accumulation steps, example for example."""
 
     def __init__(self, dataset, config: TrainConfig, rank: int, world: int) -> None:
         self.dataset, self.config, self.rank, self.world = dataset, config, rank, world
         self.per_process = config.schedule.batch_size
+        self.per_step = self.per_process * world * config.schedule.grad_accum
         self.lengths = dataset.lengths()
-        self.per_epoch = len(self.lengths) // (self.per_process * world)
+        self.per_epoch = len(self.lengths) // self.per_step
         if self.per_epoch == 0:
-            raise UserError(f"data.train has {len(self.lengths)} examples, fewer than one global batch "
-                            f"({self.per_process} x {world} processes): lower schedule.batch_size")
+            raise UserError(f"data.train has {len(self.lengths)} examples, fewer than one optimizer step needs "
+                            f"({self.per_process} x {world} processes x {config.schedule.grad_accum} accumulation "
+                            "steps): lower schedule.batch_size")
         self._plans: dict[int, list[list[int]]] = {}
 
-    def position(self, micro_index: int) -> tuple[int, int]:
-        return divmod(micro_index, self.per_epoch)
+    def position(self, step: int) -> tuple[int, int]:
+        return divmod(step, self.per_epoch)
 
-    def get(self, micro_index: int):
-        epoch, k = self.position(micro_index)
+    def get(self, step: int, micro: int):
+        epoch, k = self.position(step)
         if epoch not in self._plans:
-            self._plans = {epoch: epoch_plan(self.lengths, self.per_process * self.world, self.config.seed, epoch,
+            self._plans = {epoch: epoch_plan(self.lengths, self.per_step, self.config.seed, epoch,
                                              self.config.group_by_length)}
-        indices = self._plans[epoch][k][self.rank * self.per_process : (self.rank + 1) * self.per_process]
-        return self.dataset.collate(indices, epoch)
+        start = micro * self.per_process * self.world + self.rank * self.per_process
+        return self.dataset.collate(self._plans[epoch][k][start : start + self.per_process], epoch)
 
 
 # ---------------------------------------------------------------------------------------------- setup
 def _accelerator(config: TrainConfig):
+    import os
+
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
     precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "auto":  # an `accelerate launch` config (e.g. DeepSpeed bf16) decides, else the hardware
+        env = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        precision = "bf16" if env == "bf16" or (env in (None, "no") and cuda_bf16) else "fp32"
+    mixed = "bf16" if precision == "bf16" else "no"
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
+        AcceleratorState._reset_state()  # a second run in this process (tests, notebooks) with other precision
     # Unused parameters are normal here (a batch with no protein leaves the protein adapter without a gradient).
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", kwargs_handlers=[ddp])
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.stage in ("align", "finetune"))
+    # cpu=True on a machine without CUDA makes processes started by torchrun / `accelerate launch --multi_gpu`
+    # join one gloo process group (accelerate's MULTI_CPU) instead of each training alone.
+    return Accelerator(mixed_precision=mixed, kwargs_handlers=[ddp],
+                       cpu=not torch.cuda.is_available())
 
 
 def _optimizer(objective: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -203,7 +220,7 @@ def evaluate(prepared: Prepared, config: TrainConfig, accelerator) -> float:
     return _reduce_sum(accelerator, loss_sum) / max(1.0, _reduce_sum(accelerator, count))
 
 
-def _diverged(step: int, what: str, value: float, run_dir: Path) -> TrainingDiverged:
+def _diverged(step: int, what: str, value: float | str, run_dir: Path) -> TrainingDiverged:
     checkpoint = latest_checkpoint(run_dir)
     where = (f"the last good checkpoint is {checkpoint} (resume with --resume after lowering optim.lr)"
              if checkpoint else "no checkpoint was written before it")
@@ -212,8 +229,16 @@ def _diverged(step: int, what: str, value: float, run_dir: Path) -> TrainingDive
 
 def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) one stage. Returns a summary (final loss, validation loss, steps, throughput)."""
+    threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    try:
+        return _train(config, resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, resume: bool) -> dict[str, Any]:
     accelerator = _accelerator(config)
     run_dir = Path(config.output_dir)
     checkpoint = latest_checkpoint(run_dir)
@@ -225,7 +250,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     prepared = prepare(config)
     stream = BatchStream(prepared.train_set, config, accelerator.process_index, accelerator.num_processes)
     sched = config.schedule
-    total_steps = sched.max_steps or max(1, math.ceil(sched.epochs * stream.per_epoch / sched.grad_accum))
+    total_steps = sched.max_steps or max(1, math.ceil(sched.epochs * stream.per_epoch))
     optimizer = _optimizer(prepared.objective, config)
     scheduler = _scheduler(optimizer, config, total_steps)
     prepared.train_mode()
@@ -262,7 +287,7 @@ def _run_steps(prepared, module, inner, optimizer, scheduler, stream, config, ac
     window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
     run_start = time.perf_counter() - state["elapsed_s"]
     while step < total_steps:
-        micro = [stream.get(step * sched.grad_accum + i) for i in range(sched.grad_accum)]
+        micro = [stream.get(step, i) for i in range(sched.grad_accum)]
         targets = _reduce_sum(accelerator, sum(b.num_targets() for b in micro))
         loss_sum = 0.0
         for i, batch in enumerate(micro):
@@ -293,7 +318,7 @@ def _run_steps(prepared, module, inner, optimizer, scheduler, stream, config, ac
         window_samples += sched.batch_size * sched.grad_accum * world
         if step % sched.log_every == 0 or step == total_steps:
             seconds = max(time.perf_counter() - window_start, 1e-9)
-            epoch, _ = stream.position(step * sched.grad_accum)
+            epoch, _ = stream.position(step)
             row = {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                    "tokens": state["tokens"], "tokens_per_s": window_tokens / seconds,
                    "samples_per_s": window_samples / seconds, "elapsed_s": time.perf_counter() - run_start}
@@ -306,13 +331,19 @@ def _run_steps(prepared, module, inner, optimizer, scheduler, stream, config, ac
             val_loss = evaluate(prepared, config, accelerator)
             metrics.write({"step": step, "val_loss": val_loss})
         if step % sched.save_every == 0 or at_end:
-            epoch, position = stream.position(step * sched.grad_accum)
+            bad = next((name for name, p in inner.named_parameters() if p.requires_grad and not p.isfinite().all()),
+                       None)
+            if bad is not None:  # never overwrite a good checkpoint with broken weights
+                bar.close()
+                raise _diverged(step, f"parameter {bad}", "not finite", run_dir)
+            epoch, position = stream.position(step)
             state.update(step=step, epoch=epoch, position=position, loss=last_loss, val_loss=val_loss,
                          world_size=world, elapsed_s=time.perf_counter() - run_start)
             save_checkpoint(run_dir, inner, optimizer, scheduler, state, accelerator, sched.keep_checkpoints)
     bar.close()
     elapsed = time.perf_counter() - run_start
     cache = prepared.cache
-    return {"stage": config.stage, "steps": step, "loss": last_loss, "val_loss": val_loss, "tokens": state["tokens"],
+    return {"stage": config.stage, "process": accelerator.process_index, "steps": step, "loss": last_loss,
+            "val_loss": val_loss, "tokens": state["tokens"],
             "elapsed_s": elapsed, "tokens_per_s": state["tokens"] / max(elapsed, 1e-9),
             "encoder_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses}}

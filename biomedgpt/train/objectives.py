@@ -125,7 +125,9 @@ def batchnorm_safe(gin: nn.Module, num_nodes: int):
 
 
 def run_gin(gin: nn.Module, molecules: MoleculeBatch) -> torch.Tensor:
-    with batchnorm_safe(gin, int(molecules.x.shape[0])):
+    """The GIN in its own dtype: its scatter-add is not autocast-safe, and it is tiny next to the LM."""
+    device_type = molecules.x.device.type
+    with batchnorm_safe(gin, int(molecules.x.shape[0])), torch.autocast(device_type, enabled=False):
         return gin(molecules.x, molecules.edge_index, molecules.edge_attr)
 
 

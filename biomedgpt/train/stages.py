@@ -116,7 +116,11 @@ def _set_trainable(model, config: TrainConfig) -> list[nn.Module]:
 
 def _enable_checkpointing(module: nn.Module) -> None:
     if getattr(module, "supports_gradient_checkpointing", False):
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed the method; non-reentrant checkpointing works with a frozen LM (align)
+        if hasattr(module, "activation_checkpointing_enable"):
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _prepare_text_stage(config: TrainConfig, model) -> Prepared:
