@@ -5,9 +5,10 @@ entity), and the "evidence" shown beside model answers (the most similar known m
 
 - Molecules: Morgan fingerprints (radius 2, 2,048 bits; RDKit), Tanimoto similarity with
   `BulkTanimotoSimilarity` against the whole pool (exact, ~1 µs per pair).
-- Proteins: a k-mer prefilter (shared unique k-mers through an inverted index) picks `candidates` sequences,
-  then each is aligned (Biopython `PairwiseAligner`, global, BLOSUM62, gap -10/-0.5) and ranked by identity =
-  identical aligned positions / length of the shorter sequence (CD-HIT's definition).
+- Proteins: a k-mer prefilter (shared unique 3-mers through an inverted index, as a fraction of the larger
+  3-mer set) picks `candidates` sequences, then each is aligned as EMBOSS `needle` does by default (global,
+  BLOSUM62, gaps -10/-0.5, end gaps free) and ranked by needle's identity: identical columns / alignment
+  length (gaps included). Dividing by the shorter length instead would rank short unrelated sequences first.
 
 Build it from QA records (`RetrievalIndex.from_records`), query with `query_molecule` / `query_protein`, and
 save/load it as one gzipped JSON file (fingerprints stored, so loading does not re-run RDKit).
@@ -102,8 +103,10 @@ def _aligner():
     from Bio import Align
     from Bio.Align import substitution_matrices
 
-    return Align.PairwiseAligner(mode="global", substitution_matrix=substitution_matrices.load("BLOSUM62"),
-                                 open_gap_score=-10.0, extend_gap_score=-0.5)
+    aligner = Align.PairwiseAligner(mode="global", substitution_matrix=substitution_matrices.load("BLOSUM62"),
+                                    open_gap_score=-10.0, extend_gap_score=-0.5)
+    aligner.open_end_gap_score = aligner.extend_end_gap_score = 0.0  # needle's default: end gaps are free
+    return aligner
 
 
 # BLOSUM62 has no selenocysteine (U) or pyrrolysine (O): they align as the unknown residue X.
@@ -111,11 +114,11 @@ _TO_BLOSUM = str.maketrans("UO", "XX")
 
 
 def alignment_identity(a: str, b: str, aligner=None) -> float:
-    """Identical positions of the best global alignment / length of the shorter sequence, in [0, 1]."""
+    """EMBOSS needle's identity: identical columns of the best global alignment / alignment length, in [0, 1]."""
     if not a or not b:
         return 0.0
     alignment = (aligner or _aligner()).align(a.translate(_TO_BLOSUM), b.translate(_TO_BLOSUM))[0]
-    return alignment.counts().identities / min(len(a), len(b))
+    return alignment.counts().identities / alignment.length
 
 
 class _MoleculeTable:
@@ -154,7 +157,7 @@ class _ProteinTable:
         hits = [self.postings[c] for c in codes.tolist() if c in self.postings]
         shared = np.bincount(np.concatenate(hits), minlength=len(self.entries)) if hits else \
             np.zeros(len(self.entries), dtype=np.int64)
-        fraction = shared / np.maximum(1.0, np.minimum(len(codes), self.kmer_counts))
+        fraction = shared / np.maximum(1.0, np.maximum(len(codes), self.kmer_counts))
         if mask is not None:
             fraction = np.where(mask, fraction, -1.0)
         order = np.argsort(-fraction, kind="stable")[:n]

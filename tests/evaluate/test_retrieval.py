@@ -57,14 +57,16 @@ def test_protein_query_finds_a_mutated_copy_by_identity(index):
     mutant = PROTEIN_B[:50] + "W" + PROTEIN_B[51:100] + PROTEIN_B[110:]  # one substitution, 10 deleted
     hits = index.query_protein(mutant, k=2)
     assert hits[0].id == "protB" and hits[0].sequence == PROTEIN_B and hits[0].smiles is None
-    assert hits[0].similarity == pytest.approx((len(mutant) - 1) / len(mutant))
+    # needle identity: identical columns / alignment columns (the 10 deleted residues are gap columns)
+    assert hits[0].similarity == pytest.approx((len(mutant) - 1) / len(PROTEIN_B))
     assert hits[1].similarity < 0.3
 
 
 def test_alignment_identity_hand_cases():
     assert alignment_identity("ACDEFGHIKL", "ACDEFGHIKL") == 1.0
     assert alignment_identity("ACDEFGHIKL", "ACDEFGHIKA") == pytest.approx(0.9)
-    assert alignment_identity("ACDEFGHIKL", "ACDEFKL") == pytest.approx(1.0)  # shorter fully contained
+    assert alignment_identity("ACDEFGHIKL", "ACDEFKL") == pytest.approx(0.7)  # 7 identical of 10 columns
+    assert alignment_identity("ACDEFGHIKL", "ACDEFGH") == pytest.approx(0.7)  # free end gaps are columns too
     assert alignment_identity("ACDUFGHIKO", "ACDUFGHIKL") == pytest.approx(0.9)  # U and O are not in BLOSUM62
 
 
