@@ -141,8 +141,6 @@ def run_check(args) -> int:
     if args.filtered and len(train_paths) != 1:
         raise UserError("--filtered needs exactly one TRAIN file")
     train = [item for path in train_paths for item in load_items(path)]
-    for index, item in enumerate(train):
-        item.index = index
     test = [item for path in test_paths for item in load_items(path)]
     report = check_leakage(train, test, tanimoto=args.tanimoto, min_identity=args.identity, align=args.align)
     print(f"TRAIN: {', '.join(train_paths)}\nTEST: {', '.join(test_paths)}")

@@ -15,7 +15,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +237,9 @@ def _check_questions(train: list[Item], test: list[Item], report: LeakageReport)
 
 def check_leakage(train: list[Item], test: list[Item], tanimoto: float = DEFAULT_TANIMOTO,
                   min_identity: float = DEFAULT_IDENTITY, align: bool = False) -> LeakageReport:
-    """Compare TRAIN items with TEST items on every key both sides have."""
+    """Compare TRAIN items with TEST items on every key both sides have. The report's indices are positions in
+    `train` (items are re-numbered, so lists loaded from several files can be concatenated)."""
+    train = [replace(item, index=position) for position, item in enumerate(train)]
     report = LeakageReport(train_items=len(train), test_items=len(test))
     if any(i.molecules for i in train) and any(i.molecules for i in test):
         _check_molecules(train, test, tanimoto, report)

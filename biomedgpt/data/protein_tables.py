@@ -49,6 +49,8 @@ def detect_format(path: str | Path) -> str:
         if "sequence" in header and "label_name" in header:
             return "deeploc"
         break
+    else:
+        return "uniprot"  # an empty file: no entries in any format, so read it as an (empty) flat file
     raise UserError(f"{path}: cannot tell the format (expected a UniProt flat file, a FAPM table, an "
                     f"InstructProtein GO TSV or a DeepLoc TSV); give it with --format")
 

@@ -115,6 +115,6 @@ def max_tanimoto(queries: list, references: list) -> list[tuple[int, float]]:
             results.append((-1, 0.0))
             continue
         scores = DataStructs.BulkTanimotoSimilarity(fp, pool)
-        best = int(np.argmax(scores))
-        results.append((valid[best], float(scores[best])))
+        top = max(scores)
+        results.append((valid[scores.index(top)], float(top)))
     return results
