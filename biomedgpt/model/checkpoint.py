@@ -52,6 +52,9 @@ class Source:
     files: list[Path]
     key_map: KeyMap = field(default=lambda key: key)
 
+    def __post_init__(self) -> None:
+        self.files = [Path(f) for f in self.files]
+
 
 @dataclass
 class LoadReport:

@@ -272,8 +272,8 @@ def render(summary: ModelSummary, work: Workload, estimates: dict[str, Any]) -> 
                   f"(+ ~1 GB CUDA context; see docs/published-weights.md for the accounting):",
               f"  inference: {_gb(inf['total'])}  (weights {_gb(inf['weights']).strip()}, "
               f"KV cache {_gb(inf['kv_cache']).strip()})", "",
-              f"  {'training stage':<18}{'LoRA':<6}{'grad ckpt':<11}{'trainable':>15}{'weights':>12}"
-              f"{'optimizer':>12}{'activations':>13}{'total':>12}"]
+              f"  {'training stage':<18}{'LoRA':<6}{'grad ckpt':<11}{'trainable':>15}{'frozen':>12}"
+              f"{'trained':>12}{'activations':>13}{'total':>12}"]
     for row in estimates["training"]:
         lines.append(
             f"  {row['stage']:<18}{'yes' if row['lora'] else 'no':<6}"
@@ -281,8 +281,9 @@ def render(summary: ModelSummary, work: Workload, estimates: dict[str, Any]) -> 
             f"{_gb(row['frozen_weights']):>12}{_gb(row['trainable_states']):>12}{_gb(row['activations']):>13}"
             f"{_gb(row['total']):>12}")
     lines += ["", "  stages: " + "; ".join(f"{k}: {v['what']}" for k, v in STAGES.items()),
-              f"  LoRA: rank {work.lora_rank} on {', '.join(LORA_TARGETS)}; trainable parameters at "
-              f"{BYTES_PER_TRAINABLE} bytes each (weights + gradient + AdamW state)"]
+              f"  LoRA: rank {work.lora_rank} on {', '.join(LORA_TARGETS)}",
+              f"  frozen = frozen weights at {work.dtype}; trained = trainable parameters × {BYTES_PER_TRAINABLE} "
+              f"bytes (weight + gradient + fp32 master + AdamW moments)"]
     return "\n".join(lines)
 
 
