@@ -31,6 +31,7 @@ class DataConfig:
     max_length: int = 512  # tokens per example (QA stages: longer answers are cut) / per packed block (lm)
     text_field: str = "text"  # lm stage, JSONL input: the field holding the document text
     limit: int | None = None  # use only the first N records of each file (quick runs)
+    validation_fraction: float = 0.0  # with no validation file: hold out this fraction of data.train (seeded)
 
 
 @dataclass
@@ -103,6 +104,7 @@ def _check_ranges(config: TrainConfig) -> None:
     checks = [
         ("data.max_length", config.data.max_length >= 8, "must be >= 8"),
         ("data.limit", config.data.limit is None or config.data.limit >= 1, "must be >= 1"),
+        ("data.validation_fraction", 0 <= config.data.validation_fraction <= 0.5, "must be in [0, 0.5]"),
         ("optim.lr", config.optim.lr > 0, "must be > 0"),
         ("optim.weight_decay", config.optim.weight_decay >= 0, "must be >= 0"),
         ("optim.beta1", 0 <= config.optim.beta1 < 1, "must be in [0, 1)"),

@@ -156,6 +156,15 @@ def mcq_to_qa(record: MCQRecord) -> QARecord:
 
 
 # ---------------------------------------------------------------------------------------------- datasets
+def split_off(dataset, fraction: float, seed: int):
+    """(train, validation) by a seeded random choice of `fraction` of the items (at least one)."""
+    count = max(1, int(round(len(dataset) * fraction)))
+    if count >= len(dataset):
+        raise UserError(f"data.validation_fraction={fraction} leaves no training data ({len(dataset)} items)")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    return dataset.subset(sorted(order[count:])), dataset.subset(sorted(order[:count]))
+
+
 class PackedText:
     """Documents tokenised, joined with the end-of-text token and cut into `block` tokens (sequence packing:
     no padding, every position is a target). blocks: [N, block]."""
@@ -179,6 +188,9 @@ class PackedText:
 
     def __len__(self) -> int:
         return self.blocks.shape[0]
+
+    def subset(self, indices: Sequence[int]) -> PackedText:
+        return PackedText(self.blocks[list(indices)])
 
     def lengths(self) -> list[int]:
         return [self.blocks.shape[1]] * len(self)
@@ -228,6 +240,9 @@ class QAExamples:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def subset(self, indices: Sequence[int]) -> QAExamples:
+        return QAExamples([self.examples[i] for i in indices], self.pad_id)
+
     def lengths(self) -> list[int]:
         return [len(e.input_ids) for e in self.examples]
 
@@ -268,6 +283,9 @@ class MaskedMolecules:
     def __len__(self) -> int:
         return len(self.graphs)
 
+    def subset(self, indices: Sequence[int]) -> MaskedMolecules:
+        return MaskedMolecules([self.graphs[i] for i in indices], self.ratio, self.seed)
+
     def lengths(self) -> list[int]:
         return [g.num_atoms for g in self.graphs]
 
@@ -297,6 +315,9 @@ class MaskedProteins:
 
     def __len__(self) -> int:
         return len(self.sequences)
+
+    def subset(self, indices: Sequence[int]) -> MaskedProteins:
+        return MaskedProteins([self.sequences[i] for i in indices], self.ratio, self.seed)
 
     def lengths(self) -> list[int]:
         return [len(s) + 2 for s in self.sequences]

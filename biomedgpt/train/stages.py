@@ -23,7 +23,7 @@ from torch import nn
 
 from biomedgpt.errors import UserError
 from biomedgpt.train.config import ConfigError, TrainConfig
-from biomedgpt.train.datasets import MaskedMolecules, MaskedProteins, PackedText, QAExamples
+from biomedgpt.train.datasets import MaskedMolecules, MaskedProteins, PackedText, QAExamples, split_off
 from biomedgpt.train.objectives import (
     AtomMaskingObjective,
     CausalLMObjective,
@@ -123,6 +123,16 @@ def _enable_checkpointing(module: nn.Module) -> None:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def _datasets(build, config: TrainConfig):
+    """(train, validation): validation from its own files, else a held-out fraction of the training data."""
+    train_set = build(config.data.train)
+    if config.data.validation:
+        return train_set, build(config.data.validation)
+    if config.data.validation_fraction > 0:
+        return split_off(train_set, config.data.validation_fraction, config.seed)
+    return train_set, None
+
+
 def _prepare_text_stage(config: TrainConfig, model) -> Prepared:
     data = config.data
     if config.stage == "lm":
@@ -130,8 +140,7 @@ def _prepare_text_stage(config: TrainConfig, model) -> Prepared:
             files, model.tokenizer, data.max_length, data.text_field, data.limit)
     else:
         build = lambda files: QAExamples.from_files(files, model, data.max_length, data.limit)  # noqa: E731
-    train_set = build(data.train)
-    val_set = build(data.validation) if data.validation else None
+    train_set, val_set = _datasets(build, config)
     frozen = _set_trainable(model, config)
     if config.gradient_checkpointing:
         _enable_checkpointing(model.llm)
@@ -160,8 +169,7 @@ def _prepare_encoder_stage(config: TrainConfig, model) -> Prepared:
         if config.gradient_checkpointing:
             _enable_checkpointing(encoder)
         objective = ProteinMLMObjective(encoder)
-    train_set = build(data.train)
-    val_set = build(data.validation) if data.validation else None
+    train_set, val_set = _datasets(build, config)
     encoder.requires_grad_(True)
     return Prepared(model, objective, train_set, val_set)
 

@@ -163,3 +163,11 @@ def test_existing_run_needs_resume(make_config, train_files):
 
     with pytest.raises(UserError, match="already holds a run"):
         train(config)
+
+
+def test_validation_fraction_holds_out_training_items(make_config, train_files):
+    config = make_config("encoder-molecule", train_files["mols"], data={"validation_fraction": 0.4},
+                         schedule={"batch_size": 3, "max_steps": 2, "eval_every": 1})
+    summary = train(config)
+    rows = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [1, 2] and summary["val_loss"] > 0

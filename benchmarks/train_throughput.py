@@ -1,0 +1,185 @@
+"""Training throughput and memory, measured with the real training loop.
+
+    .venv/bin/python benchmarks/train_throughput.py align-cache   # align samples/s with vs without the cache
+    .venv/bin/python benchmarks/train_throughput.py lm            # SmolLM2-135M lm-stage tokens/s vs matmul FLOP/s
+    .venv/bin/python benchmarks/train_throughput.py memory        # stage 2 of BioMedGPT-10B: GPU memory per device
+
+Results go to benchmarks/results/train_<name>.json (and .md). Each run takes a few minutes on 2 CPU cores.
+`align-cache` reads data/build/{molecule,protein}_qa_train.jsonl (scripts/build_training_data.sh builds them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "load_average_1min": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _write(name: str, result: dict, markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"train_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"train_{name}.md").write_text(markdown)
+    print(markdown)
+
+
+def _run(stage: str, settings: dict) -> tuple[dict, list[dict]]:
+    from biomedgpt.train.config import build_config, merge
+    from biomedgpt.train.loop import train
+    from biomedgpt.train.stages import STAGE_DEFAULTS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = build_config(merge(STAGE_DEFAULTS[stage], {**settings, "stage": stage, "output_dir": tmp,
+                                                             "progress": False}))
+        summary = train(config)
+        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    return summary, [r for r in rows if "loss" in r]
+
+
+# ---------------------------------------------------------------------------------------------- align cache
+def _align_data(directory: Path, per_kind: int) -> Path:
+    """`per_kind` molecule and `per_kind` protein QA records (proteins of <= 200 residues) from data/build."""
+    from biomedgpt.data.records import read_qa, write_jsonl
+
+    build = REPO / "data" / "build"
+    molecules = [r for _, r in zip(range(per_kind), read_qa(build / "molecule_qa_train.jsonl"))]
+    proteins = []
+    for record in read_qa(build / "protein_qa_train.jsonl"):
+        if len(record.proteins[0]) <= 200:
+            proteins.append(record)
+        if len(proteins) == per_kind:
+            break
+    path = directory / "align.jsonl"
+    write_jsonl(path, molecules + proteins)
+    return path
+
+
+def bench_align_cache(args) -> None:
+    """Steady-state samples/s of the align stage (small preset) over epoch 2, where the cache is warm."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _align_data(Path(tmp), args.records // 2)
+        result = {"machine": _machine(), "model": "small", "records": args.records, "batch_size": args.batch}
+        steps_per_epoch = args.records // args.batch
+        for cache in (True, False):
+            settings = {"model": "small", "cache_encoder_outputs": cache, "seed": 0,
+                        "data": {"train": [str(data)], "max_length": 512},
+                        "schedule": {"batch_size": args.batch, "max_steps": 2 * steps_per_epoch, "save_every": 1000}}
+            summary, rows = _run("align", settings)
+            epoch2 = [r for r in rows if r["step"] > steps_per_epoch]
+            seconds = epoch2[-1]["elapsed_s"] - rows[steps_per_epoch - 1]["elapsed_s"]
+            result["with_cache" if cache else "without_cache"] = {
+                "samples_per_s_epoch2": len(epoch2) * args.batch / seconds,
+                "tokens_per_s_epoch2": (epoch2[-1]["tokens"] - rows[steps_per_epoch - 1]["tokens"]) / seconds,
+                "final_loss": summary["loss"], "encoder_cache": summary["encoder_cache"]}
+    speedup = result["with_cache"]["samples_per_s_epoch2"] / result["without_cache"]["samples_per_s_epoch2"]
+    result["speedup"] = speedup
+    md = ("# align stage: encoder-output cache (small preset, CPU)\n\n"
+          f"{args.records} QA records (half molecule, half protein <= 200 residues), batch {args.batch}, "
+          "second epoch (cache warm).\n\n| mode | samples/s | tokens/s |\n|---|---|---|\n"
+          + "".join(f"| {k.replace('_', ' ')} | {result[k]['samples_per_s_epoch2']:.3f} | "
+                    f"{result[k]['tokens_per_s_epoch2']:.1f} |\n" for k in ("with_cache", "without_cache"))
+          + f"\nSpeed-up: {speedup:.2f}x. Machine load average at start: {result['machine']['load_average_1min']}.\n"
+          "Command: `.venv/bin/python benchmarks/train_throughput.py align-cache`\n")
+    _write("align_cache", result, md)
+
+
+# ---------------------------------------------------------------------------------------------- lm tokens/s
+def measure_matmul_flops(size: int = 1024, seconds: float = 5.0) -> float:
+    """fp32 FLOP/s of square matmuls with torch's default threads (the machine's practical peak)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start)
+
+
+def training_flops_per_token(llm, seq_len: int) -> float:
+    """6 N (forward + backward through every weight matrix, incl. the output layer) + attention scores:
+    12 x layers x seq_len x hidden (Kaplan et al. 2020; the causal mask is not discounted)."""
+    config = llm.config
+    matmul_params = sum(p.numel() for name, p in llm.named_parameters() if "norm" not in name)
+    if getattr(config, "tie_word_embeddings", False):
+        matmul_params += 0  # the tied matrix is used once (output layer); the lookup is not a matmul
+    else:
+        matmul_params -= llm.get_input_embeddings().weight.numel()
+    return 6 * matmul_params + 12 * config.num_hidden_layers * seq_len * config.hidden_size
+
+
+def bench_lm(args) -> None:
+    from biomedgpt.config import small_config
+    from biomedgpt.model.biomedgpt import build_lm
+
+    matmul = measure_matmul_flops()
+    source = REPO.parent / "shared" / "data" / "biomed-text-corpus" / "corpus.jsonl.gz"
+    settings = {"model": "small", "seed": 0, "data": {"train": [str(source)], "max_length": args.seq, "limit": 400},
+                "schedule": {"batch_size": args.batch, "max_steps": args.steps, "save_every": 1000}}
+    summary, rows = _run("lm", settings)
+    llm, _ = build_lm(small_config())
+    per_token = training_flops_per_token(llm, args.seq)
+    steady = rows[1:]  # the first step includes one-time allocation
+    seconds = steady[-1]["elapsed_s"] - rows[0]["elapsed_s"]
+    tokens_per_s = (steady[-1]["tokens"] - rows[0]["tokens"]) / seconds
+    achieved = tokens_per_s * per_token
+    result = {"machine": _machine(), "model": "SmolLM2-135M (small preset), all LM weights trainable, AdamW",
+              "batch": args.batch, "seq_len": args.seq, "steps": args.steps, "tokens_per_s": tokens_per_s,
+              "train_flops_per_token": per_token, "achieved_flops": achieved, "matmul_flops": matmul,
+              "fraction_of_matmul_peak": achieved / matmul, "final_loss": summary["loss"]}
+    md = ("# lm stage throughput: SmolLM2-135M on this CPU\n\n"
+          f"batch {args.batch} x {args.seq} tokens, {args.steps} steps (first excluded), fp32, AdamW.\n\n"
+          f"| tokens/s | training FLOP/token | achieved GFLOP/s | matmul GFLOP/s (1024^2 fp32) | fraction |\n"
+          f"|---|---|---|---|---|\n| {tokens_per_s:.1f} | {per_token / 1e9:.3f} G | {achieved / 1e9:.1f} | "
+          f"{matmul / 1e9:.1f} | {achieved / matmul:.1%} |\n\n"
+          f"Machine load average at start: {result['machine']['load_average_1min']}.\n"
+          "Command: `.venv/bin/python benchmarks/train_throughput.py lm`\n")
+    _write("lm", result, md)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def bench_memory(args) -> None:
+    from biomedgpt.train.memory_estimate import stage2_estimate
+
+    result = stage2_estimate(batch=args.batch, seq_len=args.seq, gpus=8)
+    _write("memory_10b_stage2", result, result.pop("markdown"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    align = sub.add_parser("align-cache")
+    align.add_argument("--records", type=int, default=12)
+    align.add_argument("--batch", type=int, default=4)
+    align.set_defaults(func=bench_align_cache)
+    lm = sub.add_parser("lm")
+    lm.add_argument("--batch", type=int, default=8)
+    lm.add_argument("--seq", type=int, default=128)
+    lm.add_argument("--steps", type=int, default=5)
+    lm.set_defaults(func=bench_lm)
+    memory = sub.add_parser("memory")
+    memory.add_argument("--batch", type=int, default=4)
+    memory.add_argument("--seq", type=int, default=1024)
+    memory.set_defaults(func=bench_memory)
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
