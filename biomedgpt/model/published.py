@@ -313,7 +313,14 @@ def load_openbiomed(checkpoints: str | Path | Sequence[str | Path], lm_dir: str 
                         f"{sorted({k.split('.')[0] for k in shapes})}")
     dtype = parse_dtype(dtype)
     lm_config = hf_config(lm_dir)
-    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    except (OSError, ValueError, ImportError) as err:
+        raise UserError(
+            f"cannot load the tokenizer from {lm_dir}: {str(err).splitlines()[0]} (BioMedGPT-LM-7B's tokenizer is a "
+            f"SentencePiece model: when the folder has tokenizer.model but no tokenizer.json, "
+            f"`pip install sentencepiece protobuf`)"
+        ) from None
     notes = _fit_vocabulary(lm_config, tokenizer, shapes[EMBED_KEY][0][0])
     esm = _esm_config_for(shapes, esm_config)
     gin = GINConfig(num_layer=1 + max(int(m.group(1)) for k in shapes

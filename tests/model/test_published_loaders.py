@@ -144,3 +144,11 @@ def test_graphmvp_model_pth(tmp_path):
     with pytest.raises(UserError, match="not a GraphMVP"):
         torch.save({"w": torch.zeros(1)}, tmp_path / "other.pth")
         load_graphmvp(tmp_path / "other.pth")
+
+
+def test_inspect_hf_lm_folder(bin_folder, reference):
+    from biomedgpt.model.inspect import summarize
+
+    summary = summarize(str(bin_folder))
+    assert summary.parameters == {"llm": sum(p.numel() for p in reference.parameters())}
+    assert summary.dtypes["llm"] == "float32 (stored)" and summary.lm.layers == 3
