@@ -225,8 +225,10 @@ def dispatch(model: nn.Module, device_map: dict[str, Any] | None) -> None:
 
     llm = getattr(model, "llm", model)
     prefix = "llm." if llm is not model else ""
-    llm_map = {name[len(prefix):]: device for name, device in device_map.items() if name.startswith(prefix)}
-    dispatch_model(llm, device_map=llm_map)
+    llm_map = {("" if name == "llm" else name[len(prefix):]): device for name, device in device_map.items()
+               if name.startswith(prefix) or (prefix and name == "llm")}
+    if llm_map:
+        dispatch_model(llm, device_map=llm_map)
 
 
 def _load(model, sources, device_map, max_memory, drop=(), strict=True, skip=()) -> tuple[dict | None, LoadReport]:

@@ -152,3 +152,9 @@ def test_inspect_hf_lm_folder(bin_folder, reference):
     summary = summarize(str(bin_folder))
     assert summary.parameters == {"llm": sum(p.numel() for p in reference.parameters())}
     assert summary.dtypes["llm"] == "float32 (stored)" and summary.lm.layers == 3
+
+
+def test_legacy_torch_save_format_is_read_whole_with_a_warning(tmp_path, caplog):
+    torch.save({"w": torch.ones(3)}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_pickle_state_dict(tmp_path / "old.pth")["w"], torch.ones(3))
+    assert "legacy torch.save format" in caplog.text
