@@ -107,7 +107,7 @@ def _model_predictor(args, spec, train_records):
 def run_eval(args) -> int:
     from biomedgpt.errors import UserError
     from biomedgpt.evaluate.baselines import BASELINE_PREFIX, make_baseline
-    from biomedgpt.evaluate.runner import evaluate, load_records, select
+    from biomedgpt.evaluate.runner import evaluate, load_records, prepare_run_dir, select
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -120,6 +120,7 @@ def run_eval(args) -> int:
     spec = _build_spec(args, train_records)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{_slug(spec.benchmark)}--{_slug(spec.system)}"
     selected = select(records, args.limit, args.seed)
+    prepare_run_dir(out, spec, args.overwrite)  # refuse a mismatched folder before loading anything heavy
     details: dict = {}
     if args.model.startswith(BASELINE_PREFIX):
         # The nearest-neighbour pool is cleaned against the whole evaluated file, not only the sample.
@@ -128,7 +129,7 @@ def run_eval(args) -> int:
         details = dict(predictor.details)
     else:
         predictor = _model_predictor(args, spec, train_records)
-    result = evaluate(spec, selected, predictor, out, overwrite=args.overwrite, details=details)
+    result = evaluate(spec, selected, predictor, out, details=details)
     from biomedgpt.evaluate.report import run_markdown
 
     print(run_markdown(result))
