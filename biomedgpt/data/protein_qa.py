@@ -67,9 +67,10 @@ class FlatEntry:
 
 def clean_text(text: str) -> str:
     """Strip evidence tags and literature references and tidy the spacing they leave behind."""
-    text = _ECO.sub("", text)
-    text = _LITERATURE.sub("", text)
-    text = _OLD_EVIDENCE.sub("", text)
+    if "{" in text:
+        text = _ECO.sub("", text)
+    if "(" in text:
+        text = _OLD_EVIDENCE.sub("", _LITERATURE.sub("", text))
     text = _SPACES.sub(" ", text).strip()
     return _DOUBLE_STOP.sub(".", _SPACE_BEFORE_PUNCT.sub(r"\1", text))
 
@@ -86,45 +87,90 @@ def join_wrapped(pieces: list[str]) -> str:
     return out
 
 
-def _raw_entries(path: Path) -> Iterator[tuple[int, list[bytes], str | None]]:
-    """Split a flat file into entries at '//' lines: (first line number, raw lines, problem or None)."""
+_BLOCK_BYTES = 1 << 22
+
+
+def _terminator(buffer: bytes, start: int) -> int:
+    """Index of the next '//' that starts a line at or after `start`, or -1."""
+    if buffer[start:start + 2] == b"//":
+        return start
+    found = buffer.find(b"\n//", start)
+    return found + 1 if found >= 0 else -1
+
+
+def _entry_problem(chunk: bytes, first: int) -> str | None:
+    if len(chunk) <= MAX_LINE_BYTES:  # the common case: no line can be too long
+        return None
+    for offset, line in enumerate(chunk.split(b"\n")):
+        if len(line) > MAX_LINE_BYTES:
+            return f"line {first + offset} is longer than {MAX_LINE_BYTES:,} bytes"
+    return None
+
+
+def _raw_entries(path: Path) -> Iterator[tuple[int, bytes, str | None]]:
+    """Split a flat file into entries at '//' lines: (first line number, raw bytes, problem or None).
+
+    Reads 4 MB blocks and cuts them with bytes.find (no per-line Python work). At most one entry plus one block
+    is held: an entry that grows past MAX_ENTRY_BYTES is dropped as it streams by and reported as too large."""
     with open_binary(path) as handle:
-        lines: list[bytes] = []
-        size, number, first, problem = 0, 0, 0, None
-        while True:
-            raw = handle.readline(MAX_LINE_BYTES + 1)
-            if not raw:
-                break
-            number += 1
-            if raw[:2] == b"//":
-                yield first, lines, problem
-                lines, size, problem = [], 0, None
-                continue
-            if not lines and not raw.strip():
-                continue  # blank lines between entries
-            if not lines:
-                first = number
-            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                while (rest := handle.readline(1 << 16)) and not rest.endswith(b"\n"):
-                    pass
-                problem = problem or f"line {number} is longer than {MAX_LINE_BYTES:,} bytes"
-                raw = raw[:200] + b"\n"
-            size += len(raw)
-            if size > MAX_ENTRY_BYTES:
-                problem = problem or f"entry is larger than {MAX_ENTRY_BYTES:,} bytes"
-                continue
-            lines.append(raw)
-        if lines:
-            yield first, lines, problem or "truncated entry: the file ends before its '//' line"
+        buffer, line, eof = b"", 1, False
+        oversized: tuple[int, bytes] | None = None  # (first line, start) of an entry being skipped
+        while not eof:
+            block = handle.read(_BLOCK_BYTES)
+            eof = not block
+            buffer += block
+            start = 0
+            while (end := _terminator(buffer, start)) >= 0:
+                stop = buffer.find(b"\n", end)
+                if stop < 0 and not eof:
+                    break  # the '//' line is not complete yet
+                stop = len(buffer) if stop < 0 else stop
+                chunk = buffer[start:end]
+                body = chunk.lstrip(b" \t\r\n")
+                first = line + chunk.count(b"\n", 0, len(chunk) - len(body))
+                if oversized is not None:
+                    yield oversized[0], oversized[1], f"entry is larger than {MAX_ENTRY_BYTES:,} bytes"
+                    oversized = None
+                elif body:
+                    problem = _entry_problem(body, first)
+                    yield first, (body[:2000] if problem else body), problem
+                line += chunk.count(b"\n") + 1
+                start = stop + 1
+            buffer = buffer[start:]
+            if len(buffer) > MAX_ENTRY_BYTES:  # no terminator within the limit: skip the rest of this entry
+                body = buffer.lstrip(b" \t\r\n")
+                if oversized is None:
+                    oversized = (line + buffer.count(b"\n", 0, len(buffer) - len(body)), body[:2000])
+                line += buffer.count(b"\n", 0, len(buffer) - 2)
+                buffer = buffer[-2:]  # a '\n/' split across blocks must still be found
+        body = buffer.lstrip(b" \t\r\n")
+        if oversized is not None:
+            yield oversized[0], oversized[1], f"entry is larger than {MAX_ENTRY_BYTES:,} bytes"
+        elif body:
+            first = line + buffer.count(b"\n", 0, len(buffer) - len(body))
+            yield first, body[:2000], "truncated entry: the file ends before its '//' line"
 
 
-_FIELDS = re.compile(r"^(ID|AC|DE|OS|CC)   (.*?)\r?$", re.M)
-_SQ = re.compile(r"^SQ   SEQUENCE\s+(\d+) AA;.*$", re.M)
+_SQ = re.compile(r"SQ   SEQUENCE\s+(\d+) AA;")
 
 
-def parse_entry(first: int, lines: list[bytes], problem: str | None = None) -> FlatEntry:
-    """Parse the raw lines of one entry (without its '//')."""
-    blob = b"".join(lines)
+def _wanted_lines(text: str, sq_at: int) -> list[str]:
+    """The header lines (ID … OX, before the references) and the CC block: the line order of the format puts
+    every line the QA needs there, so references, DR, KW and FT lines (most of an entry) are never split."""
+    end = len(text) if sq_at < 0 else sq_at
+    header_end = min((i for i in (text.find("\nRN   ", 0, end), text.find("\nCC   ", 0, end)) if i >= 0), default=end)
+    lines = text[:header_end].split("\n")
+    cc_at = text.find("\nCC   ", max(header_end - 1, 0), end)
+    if cc_at >= 0:
+        cc_end = text.find("\nDR   ", cc_at, end)
+        block = text[cc_at + 1:end if cc_end < 0 else cc_end].split("\n")
+        lines += [line for line in block if line.startswith("CC   ")]
+    return lines
+
+
+def parse_entry(first: int, blob: bytes, problem: str | None = None) -> FlatEntry:
+    """Parse the raw bytes of one entry (without its '//'). Only the lines before SQ are split, and only the
+    five line types the QA needs are kept."""
     try:
         text = blob.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -137,26 +183,29 @@ def parse_entry(first: int, lines: list[bytes], problem: str | None = None) -> F
     if not text.startswith("ID   "):
         entry.problem = "entry does not start with an ID line"
         return entry
+    sq_at = text.find("\nSQ   ")
     organism: list[str] = []
-    for code, value in _FIELDS.findall(text):
-        if code == "DE":
-            entry.description.append(value)
-        elif code == "CC":
-            entry.comments.append(value)
-        elif code == "AC" and not entry.accession:
-            entry.accession = value.split(";")[0].strip()
-        elif code == "ID":
-            entry.entry_name = value.split()[0] if value.split() else ""
-        elif code == "OS":
-            organism.append(value)
+    for line in _wanted_lines(text, sq_at):
+        code = line[:5]
+        if code == "CC   ":
+            entry.comments.append(line[5:].rstrip("\r"))
+        elif code == "DE   ":
+            entry.description.append(line[5:].rstrip("\r"))
+        elif code == "AC   " and not entry.accession:
+            entry.accession = line[5:].split(";")[0].strip()
+        elif code == "OS   ":
+            organism.append(line[5:])
+        elif code == "ID   ":
+            entry.entry_name = (line[5:].split() or [""])[0]
     entry.organism = join_wrapped(organism).rstrip(".")
-    sq = _SQ.search(text)
+    sq = _SQ.match(text, sq_at + 1) if sq_at >= 0 else None
     if not entry.accession:
         entry.problem = "no AC (accession) line"
     elif sq is None:
         entry.problem = "no SQ (sequence) line"
     else:
-        entry.sequence = "".join(text[sq.end():].split())
+        header_end = text.find("\n", sq.end())
+        entry.sequence = "".join(text[header_end:].split()) if header_end >= 0 else ""
         if len(entry.sequence) != int(sq.group(1)):
             entry.problem = (f"sequence length {len(entry.sequence)} does not match the SQ line "
                              f"({sq.group(1)} AA): truncated or corrupted entry")
@@ -165,8 +214,8 @@ def parse_entry(first: int, lines: list[bytes], problem: str | None = None) -> F
 
 def iter_flat_entries(path: str | Path) -> Iterator[FlatEntry]:
     """Stream the entries of a UniProt flat file (.dat/.txt, optionally gzipped); malformed ones have `problem`."""
-    for first, lines, problem in _raw_entries(Path(path)):
-        yield parse_entry(first, lines, problem)
+    for first, blob, problem in _raw_entries(Path(path)):
+        yield parse_entry(first, blob, problem)
 
 
 def comment_blocks(comments: list[str]) -> list[tuple[str, str]]:

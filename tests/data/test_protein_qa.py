@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from biomedgpt.data.protein_qa import build_protein_qa, clean_text, official_name
+from biomedgpt.data.protein_qa import build_protein_qa, clean_text, iter_flat_entries, official_name
 from biomedgpt.data.records import read_qa
 
 P62258_SEQUENCE = (
@@ -141,3 +141,21 @@ def test_tables_fapm_go_and_deeploc(shared_data, tmp_path):
     location = records["deeploc_test:0"]
     assert location.answer == "plasma membrane" and location.metadata == {"task": "location_class", "label_id": 0}
     assert "Answer with one of: plasma membrane, cytoplasm" in location.question
+
+
+def test_tiny_blocks_give_the_same_entries_and_oversized_entries_are_skipped(samples, tmp_path, monkeypatch):
+    from biomedgpt.data import protein_qa
+
+    multi = (samples / "multi_ex.txt").read_bytes()
+    flat = tmp_path / "multi.dat"
+    flat.write_bytes(b"\n\n" + multi + (samples / "P04439.txt").read_bytes() + multi)  # P04439 is 154 kB
+    normal = [(e.first_line, e.accession, e.sequence) for e in iter_flat_entries(flat)]
+    assert len(normal) == 17 and normal[0][0] == 3  # line numbers count the leading blank lines
+    monkeypatch.setattr(protein_qa, "_BLOCK_BYTES", 4099)  # cut entries, lines and "//" at odd places
+    assert [(e.first_line, e.accession, e.sequence) for e in iter_flat_entries(flat)] == normal
+    monkeypatch.setattr(protein_qa, "MAX_ENTRY_BYTES", 100_000)
+    entries = list(iter_flat_entries(flat))
+    assert [e.accession for e in entries if not e.problem] == [a for _, a, _ in normal if a != "P04439"]
+    (big,) = [e for e in entries if e.problem]
+    assert big.problem == "entry is larger than 100,000 bytes" and big.raw.startswith("ID   HLAA_HUMAN")
+    assert big.first_line == normal[8][0]
