@@ -148,11 +148,12 @@ def read_sequences(path: Path) -> Iterator[str]:
 
 
 def mcq_to_qa(record: MCQRecord) -> QARecord:
-    """A multiple-choice record as a QA pair whose answer starts with the option letter."""
-    options = "\n".join(f"{letter}. {text}" for letter, text in record.options.items())
-    context = f"{record.context}\n\n" if record.context else ""
-    question = f"{context}{record.question}\n{options}\nAnswer with the letter of the correct option."
-    return QARecord(id=record.id, question=question, answer=f"{record.answer}. {record.options[record.answer]}")
+    """A multiple-choice record as a QA pair answered by its option letter, with the very prompt that
+    evaluation uses (`biomedgpt.evaluate.multiple_choice.format_question`), so the letter token trained here
+    is the token the evaluation scores."""
+    from biomedgpt.evaluate.multiple_choice import format_question
+
+    return QARecord(id=record.id, question=format_question(record), answer=record.answer)
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -254,8 +255,9 @@ class QAExamples:
 
 
 def _valid_entities(raw: Iterator[str], parse, limit: int | None, kind: str, files) -> list:
+    """Parse each distinct entry (QA files repeat a molecule/protein once per question), skipping bad ones."""
     out, bad = [], 0
-    for text in raw:
+    for text in dict.fromkeys(raw):
         if limit is not None and len(out) >= limit:
             break
         try:

@@ -106,8 +106,11 @@ def _accelerator(config: TrainConfig):
     ddp = DistributedDataParallelKwargs(find_unused_parameters=config.stage in ("align", "finetune"))
     # cpu=True on a machine without CUDA makes processes started by torchrun / `accelerate launch --multi_gpu`
     # join one gloo process group (accelerate's MULTI_CPU) instead of each training alone.
-    return Accelerator(mixed_precision=mixed, kwargs_handlers=[ddp],
-                       cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available())
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:  # we pass no DataLoader to prepare(), so DeepSpeed is told the batch size here
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = config.schedule.batch_size
+    return accelerator
 
 
 def _optimizer(objective: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

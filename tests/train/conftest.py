@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from biomedgpt.data.records import QARecord, write_jsonl
+from biomedgpt.data.records import MCQRecord, QARecord, write_jsonl
 
 MOLECULES = [("CCO", "It is ethanol, a simple alcohol."), ("CC(=O)Oc1ccccc1C(=O)O", "It is aspirin, an analgesic."),
              ("O", "It is water."), ("c1ccccc1", "It is benzene, an aromatic ring.")]
@@ -32,10 +32,14 @@ def train_files(tmp_path_factory) -> dict[str, Path]:
                 for i, (sequence, answer) in enumerate(PROTEINS)]
     write_jsonl(root / "qa.jsonl", records)
     write_jsonl(root / "qa_val.jsonl", records[:2])
+    write_jsonl(root / "mcq.jsonl", [
+        MCQRecord(id="q1", question="Does aspirin inhibit COX?", options={"A": "yes", "B": "no", "C": "maybe"},
+                  answer="A", context="Aspirin acetylates cyclooxygenase."),
+        MCQRecord(id="q2", question="Which organ makes insulin?", options={"A": "liver", "B": "pancreas"}, answer="B")])
     (root / "mols.smi").write_text("smiles\n" + "\n".join(s for s, _ in MOLECULES) + "\nCCN(CC)CC\nnot_a_smiles\n")
     (root / "proteins.fasta").write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(SEQUENCES)))
     return {"corpus": root / "corpus.jsonl", "qa": root / "qa.jsonl", "qa_val": root / "qa_val.jsonl",
-            "mols": root / "mols.smi", "proteins": root / "proteins.fasta"}
+            "mcq": root / "mcq.jsonl", "mols": root / "mols.smi", "proteins": root / "proteins.fasta"}
 
 
 @pytest.fixture()

@@ -24,6 +24,9 @@ def _same(a: dict, b: dict, prefix: str) -> bool:
     return all(torch.equal(a[k], b[k]) for k in keys)
 
 
+# Tests that compare weights start from `tiny_model_dir` (tiny_model saved), so both sides share one start.
+
+
 def _assert_run_files(run_dir: Path) -> None:
     for name in ("config.yaml", "run.json", "metrics.jsonl", "summary.json", "model/config.json",
                  "checkpoints/latest"):
@@ -62,12 +65,13 @@ def test_lm_then_align_chain(make_config, train_files, tmp_path):
     assert not _same(before, after, "proj_mol.") and not _same(before, after, "proj_prot.")
 
 
-def test_finetune_lora_merges_into_the_saved_lm(make_config, train_files, tiny_model):
-    config = make_config("finetune", train_files["qa"], schedule={"batch_size": 6, "max_steps": 15},
-                         optim={"lr": 3e-2})
+def test_finetune_lora_merges_into_the_saved_lm(make_config, train_files, tiny_model, tiny_model_dir):
+    files = [str(train_files["qa"]), str(train_files["mcq"])]  # QA and multiple-choice records together
+    config = make_config("finetune", train_files["qa"], data={"train": files}, model=str(tiny_model_dir),
+                         schedule={"batch_size": 8, "max_steps": 15}, optim={"lr": 3e-2})
     train(config)
     run_dir = Path(config.output_dir)
-    assert _losses(run_dir)[-1] < 0.97 * _losses(run_dir)[0]
+    assert _losses(run_dir)[-1] < _losses(run_dir)[0] - 0.05  # a random tied output layer bounds the logits
     assert (run_dir / "lora-adapter" / "adapter_config.json").is_file()
     model = BioMedGPT.from_pretrained(run_dir / "model")
     tuned = model.state_dict()
@@ -80,8 +84,9 @@ def test_finetune_lora_merges_into_the_saved_lm(make_config, train_files, tiny_m
     assert isinstance(ask(model, "Describe this molecule.", ["CCO"], settings=GenerationSettings(8)), str)
 
 
-def test_encoder_molecule_attribute_masking(make_config, train_files, tiny_model):
-    config = make_config("encoder-molecule", train_files["mols"], schedule={"batch_size": 5, "max_steps": 30},
+def test_encoder_molecule_attribute_masking(make_config, train_files, tiny_model, tiny_model_dir):
+    config = make_config("encoder-molecule", train_files["mols"], model=str(tiny_model_dir),
+                         schedule={"batch_size": 5, "max_steps": 30},
                          optim={"lr": 1e-2})
     train(config)
     losses = _losses(config.output_dir)
@@ -93,8 +98,9 @@ def test_encoder_molecule_attribute_masking(make_config, train_files, tiny_model
     assert _same(start, trained, "llm.") and _same(start, trained, "prot_structure_encoder.")
 
 
-def test_encoder_protein_masked_lm(make_config, train_files, tiny_model):
-    config = make_config("encoder-protein", train_files["proteins"], schedule={"batch_size": 4, "max_steps": 30},
+def test_encoder_protein_masked_lm(make_config, train_files, tiny_model, tiny_model_dir):
+    config = make_config("encoder-protein", train_files["proteins"], model=str(tiny_model_dir),
+                         schedule={"batch_size": 4, "max_steps": 30},
                          optim={"lr": 1e-2})
     train(config)
     losses = _losses(config.output_dir)
