@@ -247,8 +247,9 @@ class Engine:
             job.deliver(self._completion(text, settings))
 
     def _completion(self, text: str, settings: GenerationSettings) -> Completion:
-        # The answer re-encoded: the generated tokens up to the stop string / eos (exact for ordinary text;
-        # capped because a byte-level model's broken UTF-8 re-encodes longer).
+        # `usage` counts the answer re-encoded: the generated tokens up to the stop string / eos, exact for ordinary
+        # text, but blind to whitespace the inference API strips from plain answers; capped because a byte-level
+        # model's broken UTF-8 re-encodes longer.
         tokens = len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
         tokens = min(tokens, settings.max_new_tokens)
         return Completion(text, tokens, "length" if tokens >= settings.max_new_tokens else "stop")
@@ -264,7 +265,8 @@ class Engine:
             logger.warning("stream failed: %s", err)
             job.push(err)
             return
-        job.push(self._completion("".join(pieces).strip(), job.settings))
+        completion = self._completion("".join(pieces), job.settings)  # count before stripping whitespace
+        job.push(Completion(completion.text.strip(), completion.completion_tokens, completion.finish_reason))
         job.push(_END)
 
     def _run_call(self, job: Job) -> None:

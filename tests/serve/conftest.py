@@ -22,7 +22,7 @@ def live_server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BIOMEDGPT_API_KEY": API_KEY}
     command = [sys.executable, "-m", "biomedgpt", "serve", "--model", str(tiny_model_dir), "--port", str(port),
-               "--model-name", MODEL_ID, "--index", str(index), "--max-queue", "4", "--max-batch", "4",
+               "--model-name", MODEL_ID, "--index", str(index), "--max-queue", "8", "--max-batch", "4",
                "--max-tokens-limit", "32", "--timeout", "60", "--log-level", "warning"]
     with open(log, "w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
