@@ -68,31 +68,41 @@ def _align_data(directory: Path, per_kind: int) -> Path:
 
 
 def bench_align_cache(args) -> None:
-    """Steady-state samples/s of the align stage (small preset) over epoch 2, where the cache is warm."""
+    """Steady-state samples/s of the align stage (small preset) over epoch 2, where the cache is warm. The two
+    modes alternate (`--repeats` rounds) so that a change in machine load hits both alike."""
+    runs: dict[str, list[dict]] = {"with_cache": [], "without_cache": []}
+    steps_per_epoch = args.records // args.batch
     with tempfile.TemporaryDirectory() as tmp:
         data = _align_data(Path(tmp), args.records // 2)
-        result = {"machine": _machine(), "model": "small", "records": args.records, "batch_size": args.batch}
-        steps_per_epoch = args.records // args.batch
-        for cache in (True, False):
-            settings = {"model": "small", "cache_encoder_outputs": cache, "seed": 0,
-                        "data": {"train": [str(data)], "max_length": 512},
-                        "schedule": {"batch_size": args.batch, "max_steps": 2 * steps_per_epoch, "save_every": 1000}}
-            summary, rows = _run("align", settings)
-            epoch2 = [r for r in rows if r["step"] > steps_per_epoch]
-            seconds = epoch2[-1]["elapsed_s"] - rows[steps_per_epoch - 1]["elapsed_s"]
-            result["with_cache" if cache else "without_cache"] = {
-                "samples_per_s_epoch2": len(epoch2) * args.batch / seconds,
-                "tokens_per_s_epoch2": (epoch2[-1]["tokens"] - rows[steps_per_epoch - 1]["tokens"]) / seconds,
-                "final_loss": summary["loss"], "encoder_cache": summary["encoder_cache"]}
-    speedup = result["with_cache"]["samples_per_s_epoch2"] / result["without_cache"]["samples_per_s_epoch2"]
-    result["speedup"] = speedup
+        for _ in range(args.repeats):
+            for cache in (True, False):
+                settings = {"model": "small", "cache_encoder_outputs": cache, "seed": 0, "threads": args.threads,
+                            "data": {"train": [str(data)], "max_length": 512},
+                            "schedule": {"batch_size": args.batch, "max_steps": 2 * steps_per_epoch,
+                                         "save_every": 1000}}
+                summary, rows = _run("align", settings)
+                first, last = rows[steps_per_epoch - 1], rows[-1]
+                seconds = last["elapsed_s"] - first["elapsed_s"]
+                runs["with_cache" if cache else "without_cache"].append({
+                    "samples_per_s_epoch2": steps_per_epoch * args.batch / seconds,
+                    "tokens_per_s_epoch2": (last["tokens"] - first["tokens"]) / seconds,
+                    "final_loss": summary["loss"], "encoder_cache": summary["encoder_cache"],
+                    "load_average_1min": os.getloadavg()[0]})
+    mean = {mode: sum(r["samples_per_s_epoch2"] for r in rs) / len(rs) for mode, rs in runs.items()}
+    tokens = {mode: sum(r["tokens_per_s_epoch2"] for r in rs) / len(rs) for mode, rs in runs.items()}
+    speedup = mean["with_cache"] / mean["without_cache"]
+    result = {"machine": _machine(), "model": "small", "records": args.records, "batch_size": args.batch,
+              "threads": args.threads, "runs": runs, "mean_samples_per_s": mean, "speedup": speedup}
     md = ("# align stage: encoder-output cache (small preset, CPU)\n\n"
           f"{args.records} QA records (half molecule, half protein <= 200 residues), batch {args.batch}, "
-          "second epoch (cache warm).\n\n| mode | samples/s | tokens/s |\n|---|---|---|\n"
-          + "".join(f"| {k.replace('_', ' ')} | {result[k]['samples_per_s_epoch2']:.3f} | "
-                    f"{result[k]['tokens_per_s_epoch2']:.1f} |\n" for k in ("with_cache", "without_cache"))
-          + f"\nSpeed-up: {speedup:.2f}x. Machine load average at start: {result['machine']['load_average_1min']}.\n"
-          "Command: `.venv/bin/python benchmarks/train_throughput.py align-cache`\n")
+          f"threads {args.threads or 'default'}; second epoch (cache warm); modes alternated {args.repeats}x.\n\n"
+          "| mode | samples/s (mean) | tokens/s (mean) | per run |\n|---|---|---|---|\n"
+          + "".join(f"| {mode.replace('_', ' ')} | {mean[mode]:.3f} | {tokens[mode]:.1f} | "
+                    + ", ".join(f"{r['samples_per_s_epoch2']:.3f}" for r in runs[mode]) + " |\n" for mode in runs)
+          + f"\nSpeed-up: {speedup:.2f}x. Load average (1 min) at the end: {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores (shared machine).\n"
+          f"Command: `.venv/bin/python benchmarks/train_throughput.py align-cache --repeats {args.repeats}"
+          + (f" --threads {args.threads}" if args.threads else "") + "`\n")
     _write("align_cache", result, md)
 
 
@@ -127,7 +137,8 @@ def bench_lm(args) -> None:
 
     matmul = measure_matmul_flops()
     source = REPO.parent / "shared" / "data" / "biomed-text-corpus" / "corpus.jsonl.gz"
-    settings = {"model": "small", "seed": 0, "data": {"train": [str(source)], "max_length": args.seq, "limit": 400},
+    settings = {"model": "small", "seed": 0, "threads": args.threads,
+                "data": {"train": [str(source)], "max_length": args.seq, "limit": 400},
                 "schedule": {"batch_size": args.batch, "max_steps": args.steps, "save_every": 1000}}
     summary, rows = _run("lm", settings)
     llm, _ = build_lm(small_config())
@@ -164,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     align = sub.add_parser("align-cache")
-    align.add_argument("--records", type=int, default=12)
+    align.add_argument("--records", type=int, default=8)
     align.add_argument("--batch", type=int, default=4)
+    align.add_argument("--repeats", type=int, default=2)
     align.set_defaults(func=bench_align_cache)
     lm = sub.add_parser("lm")
     lm.add_argument("--batch", type=int, default=8)
@@ -176,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     memory.add_argument("--batch", type=int, default=4)
     memory.add_argument("--seq", type=int, default=1024)
     memory.set_defaults(func=bench_memory)
+    for command in (align, lm):
+        command.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.func(args)
     return 0
 

@@ -111,6 +111,10 @@ def _set_trainable(model, config: TrainConfig) -> list[nn.Module]:
         encoder.requires_grad_(wanted.encoders)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("nothing to train: set trainable.lm, trainable.adapters or trainable.encoders")
+    # Small trained parts keep fp32 weights even beside a bf16 LM: AdamW updates vanish in bf16 rounding.
+    for part in [model.proj_mol, model.proj_prot] * wanted.adapters + encoders * wanted.encoders:
+        if part is not None:
+            part.float()
     return [] if wanted.encoders else encoders
 
 
@@ -171,6 +175,7 @@ def _prepare_encoder_stage(config: TrainConfig, model) -> Prepared:
         objective = ProteinMLMObjective(encoder)
     train_set, val_set = _datasets(build, config)
     encoder.requires_grad_(True)
+    objective.float()  # the encoder and its head train in fp32 whatever the LM's dtype
     return Prepared(model, objective, train_set, val_set)
 
 
