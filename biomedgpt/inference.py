@@ -44,8 +44,16 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    engine: str | None = None  # "fast" | "hf"; None = biomedgpt.model.fast_decode.DEFAULT_ENGINE
+    quantize: str | None = None  # "none" | "bf16" | "int8" | "int4" (fast engine); None = DEFAULT_QUANTIZE
 
     def __post_init__(self) -> None:
+        from biomedgpt.model.fast_decode import ENGINES, QUANT_MODES
+
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.quantize is not None and self.quantize not in QUANT_MODES:
+            raise ValueError(f"quantize must be one of {', '.join(QUANT_MODES)}, got {self.quantize!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -63,6 +71,10 @@ class GenerationSettings:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if self.stop:
             kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
+        if self.engine is not None:
+            kwargs["engine"] = self.engine
+        if self.quantize is not None:
+            kwargs["quantize"] = self.quantize
         return kwargs
 
 

@@ -261,17 +261,26 @@ class BioMedGPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         molecules: MoleculeBatch | None = None,
         proteins: ProteinBatch | None = None,
+        engine: str | None = None,
+        quantize: str | None = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """Encode the entities once, splice, then decode with the LM's KV cache (text tokens only).
 
         `input_ids` must be left-padded. Returns only the new tokens: [B, new_tokens].
+        `engine`: "fast" (`biomedgpt.model.fast_decode`, same greedy tokens as HF) or "hf" (HF `generate`);
+        `quantize`: "none", "bf16", "int8", "int4" weights for the fast engine; None = the defaults there.
         """
+        from biomedgpt.model.fast_decode import try_generate
+
         device = self.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds = self.embed(input_ids.to(device), molecules, proteins)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        fast = try_generate(self.llm, embeds, attention_mask.to(device), engine, quantize, **generate_kwargs)
+        if fast is not None:
+            return fast
         with warnings.catch_warnings():
             # With embeddings as input, a repetition penalty can only see the new tokens; that is intended.
             warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")

@@ -1,0 +1,395 @@
+"""A lean generation loop for Llama-family LMs on CPU: the same tokens as Hugging Face greedy `generate`, with
+less work per token.
+
+Where HF `generate` spends its time at batch 1 on a small model is not the matmuls but the machinery around
+them (cache objects, mask building, logits processors, stopping criteria, hooks): hundreds of small Python
+calls per token. This module keeps only what a decode step needs:
+
+- a preallocated KV cache per layer, `[B, kv_heads, max_len, head_dim]`, written in place and read through a
+  view of the filled length (no reallocation, no concatenation);
+- fused projections (q|k|v and gate|up as one matmul each) and RoPE applied once to q and k together;
+- grouped-query attention without copying K/V (query heads packed per KV head at decode time);
+- optional weight-only int8/int4/bf16 weights (`biomedgpt.model.quantize`);
+- greedy / temperature / top-k / top-p sampling, repetition penalty, EOS and stop strings per row, on tensors.
+
+The prefill runs on `inputs_embeds` (the spliced prompt: text embeddings with molecule/protein rows written in),
+later steps on token ids, exactly like `BioMedGPT.generate` with HF. With `quantize="none"` the weights are the
+LM's own tensors (no copy) and the results equal HF greedy decoding token for token (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from biomedgpt.model.quantize import QUANT_MODES, PackedLinear, check_mode, compute_dtype
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QUANT_MODES", "ENGINES", "generate", "try_generate", "packed_lm", "PackedLM"]
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+# generate() kwargs the fast loop implements; anything else (beam search, min_new_tokens, ...) goes to HF.
+SUPPORTED_KWARGS = frozenset({
+    "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "pad_token_id",
+    "eos_token_id", "stop_strings", "tokenizer", "streamer", "stopping_criteria",
+})
+ENGINES = ("fast", "hf")
+DEFAULT_ENGINE = "fast"  # measured faster than HF generate at every batch size (docs/performance.md)
+DEFAULT_QUANTIZE = "none"  # reduced precision changes answers; opt in with quantize="int8" (docs/performance.md)
+
+
+def unsupported_reason(llm, generate_kwargs: dict) -> str | None:
+    """Why the fast loop cannot run this LM with these generate() kwargs, or None when it can."""
+    config = llm.config
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return f"model type {getattr(config, 'model_type', None)!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return "linear layers with bias"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        return f"rope type {rope.get('rope_type')!r}"
+    if llm.device.type != "cpu":
+        return f"device {llm.device.type} (the fast loop targets CPU; HF generate is already good on GPUs)"
+    extra = sorted(k for k, v in generate_kwargs.items() if k not in SUPPORTED_KWARGS and v is not None)
+    if extra:
+        return f"generate options {extra}"
+    if generate_kwargs.get("stop_strings") and generate_kwargs.get("tokenizer") is None:
+        return "stop_strings without a tokenizer"
+    return None
+
+
+@dataclass
+class SamplingOptions:
+    """What HF's generation config would say, resolved once. `eos_token_ids` may be empty."""
+
+    max_new_tokens: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+    tokenizer: object = None
+    stopping_criteria: object = None  # HF StoppingCriteria(List): called as criteria(new_tokens, scores) -> [B] bool
+
+    @classmethod
+    def from_generate_kwargs(cls, llm, kwargs: dict) -> SamplingOptions:
+        """Resolve kwargs against the LM's generation_config, the way HF `generate` does."""
+        gen = llm.generation_config
+
+        def pick(name, default=None):
+            value = kwargs.get(name)
+            if value is None:
+                value = getattr(gen, name, None)
+            return default if value is None else value
+
+        eos = pick("eos_token_id", getattr(llm.config, "eos_token_id", None))
+        eos_ids = () if eos is None else tuple([eos] if isinstance(eos, int) else eos)
+        pad = pick("pad_token_id", eos_ids[0] if eos_ids else 0)
+        do_sample = bool(pick("do_sample", False))
+        max_new = kwargs.get("max_new_tokens") or getattr(gen, "max_new_tokens", None) or 20
+        return cls(
+            max_new_tokens=int(max_new), eos_token_ids=eos_ids, pad_token_id=int(pad), do_sample=do_sample,
+            temperature=float(pick("temperature", 1.0)) if do_sample else 1.0,
+            top_k=int(pick("top_k", 50)) if do_sample and pick("top_k", 50) else None,
+            top_p=float(pick("top_p", 1.0)) if do_sample else 1.0,
+            repetition_penalty=float(pick("repetition_penalty", 1.0)),
+            stop_strings=tuple([kwargs["stop_strings"]] if isinstance(kwargs.get("stop_strings"), str)
+                               else kwargs.get("stop_strings") or ()),
+            tokenizer=kwargs.get("tokenizer"),
+            stopping_criteria=kwargs.get("stopping_criteria") or None,
+        )
+
+
+class _Layer:
+    """One decoder layer's weights in decode layout."""
+
+    def __init__(self, layer, mode: str, dtype: torch.dtype):
+        attn, mlp = layer.self_attn, layer.mlp
+        fused = mode != "none"  # fusing copies the weights; with mode "none" the LM's own tensors are used as is
+        if fused:
+            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            self.projections = [PackedLinear(qkv, mode)]
+            self.mlp_in = [PackedLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mode)]
+        else:
+            self.projections = [PackedLinear(p.weight) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+            self.mlp_in = [PackedLinear(mlp.gate_proj.weight), PackedLinear(mlp.up_proj.weight)]
+        self.o_proj = PackedLinear(attn.o_proj.weight, mode)
+        self.down_proj = PackedLinear(mlp.down_proj.weight, mode)
+        self.input_norm = layer.input_layernorm.weight.detach().to(dtype)
+        self.post_norm = layer.post_attention_layernorm.weight.detach().to(dtype)
+
+    def qkv(self, h: torch.Tensor) -> torch.Tensor:
+        return self.projections[0](h) if len(self.projections) == 1 else torch.cat([p(h) for p in self.projections], -1)
+
+    def gate_up(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.mlp_in) == 1:
+            return self.mlp_in[0](h).chunk(2, dim=-1)
+        return self.mlp_in[0](h), self.mlp_in[1](h)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in (*self.projections, *self.mlp_in, self.o_proj, self.down_proj))
+
+
+class PackedLM:
+    """A Llama-family causal LM's weights laid out for decoding, plus its forward over a static KV cache.
+
+    Built once per (model, mode) by `packed_lm`; holds references to (mode "none") or quantized copies of the LM's
+    weights, so it must be rebuilt when the LM's weights change (the cache key tracks parameter versions).
+    """
+
+    def __init__(self, llm, mode: str = "none"):
+        check_mode(mode)
+        config = llm.config
+        self.mode = mode
+        base = llm.model
+        self.dtype = compute_dtype(mode, base.embed_tokens.weight.dtype)
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.eps = config.rms_norm_eps
+        self.embed = base.embed_tokens.weight.detach()  # row lookups only: kept in the LM's dtype, never copied
+        self.layers = [_Layer(layer, mode, self.dtype) for layer in base.layers]
+        self.final_norm = base.norm.weight.detach().to(self.dtype)
+        self.lm_head = PackedLinear(llm.lm_head.weight, mode)
+        rope = getattr(config, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        # Same formula and dtypes as HF's default rotary embedding, so positions give bit-identical cos/sin.
+        self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
+
+    @property
+    def nbytes_per_token(self) -> int:
+        """Weight bytes one decode step reads (all layers + the LM head; embedding lookups read one row)."""
+        return sum(layer.nbytes for layer in self.layers) + self.lm_head.nbytes
+
+    def new_cache(self, batch: int, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shape = (batch, self.num_kv_heads, max_len, self.head_dim)
+        return [(torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)) for _ in self.layers]
+
+    def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for `positions: [B, T]` → `[B, 1, T, head_dim]` each; sin carries rotate_half's sign so that
+        rope(x) = x * cos + roll(x, head_dim / 2) * sin (one roll instead of slice/negate/concatenate)."""
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        half = self.head_dim // 2
+        sin = emb.sin()
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        return emb.cos().to(self.dtype)[:, None], sin.to(self.dtype)[:, None]
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache, start: int,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """Run all layers on `x: [B, T, hidden]` whose positions are `start..start+T-1` in the cache; returns the
+        logits of the last position, `[B, vocab]` in float32.
+
+        `mask`: bool `[B, 1, T, start+T]` (True = attend) or None for plain causal attention without padding.
+        """
+        batch, steps, _ = x.shape
+        cos, sin = rope
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        end = start + steps
+        for layer, (k_cache, v_cache) in zip(self.layers, cache):
+            h = F.rms_norm(x, x.shape[-1:], layer.input_norm, self.eps)
+            qkv = layer.qkv(h).view(batch, steps, heads + 2 * kv_heads, dim).transpose(1, 2)  # [B, H+2KV, T, D]
+            qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+            qk = qk * cos + torch.roll(qk, dim // 2, dims=-1) * sin
+            q, k = qk[:, :heads], qk[:, heads:]
+            k_cache[:, :, start:end] = k
+            v_cache[:, :, start:end] = v
+            attn = _attention(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)  # [B, H, T, D]
+            x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, steps, heads * dim))
+            h = F.rms_norm(x, x.shape[-1:], layer.post_norm, self.eps)
+            gate, up = layer.gate_up(h)
+            x = x + layer.down_proj(F.silu(gate) * up)
+        last = F.rms_norm(x[:, -1], x.shape[-1:], self.final_norm, self.eps)
+        return self.lm_head(last).float()
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Grouped-query attention. q: [B, H, T, D]; k, v: [B, KV, S, D] (views into the cache, not copied)."""
+    batch, heads, steps, dim = q.shape
+    kv_heads = k.shape[1]
+    if steps == 1 and heads != kv_heads:
+        # Decode: the G = H/KV query heads sharing a KV head become G "positions" of that head (HF's pack_gqa).
+        packed = q.reshape(batch, kv_heads, heads // kv_heads, dim)
+        out = F.scaled_dot_product_attention(packed, k, v, attn_mask=mask)
+        return out.view(batch, heads, 1, dim)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and steps > 1,
+                                          enable_gqa=heads != kv_heads)
+
+
+def resolve_engine(engine: str | None, quantize: str | None) -> tuple[str, str]:
+    """Fill in the defaults and validate: returns (engine, quantize)."""
+    engine = DEFAULT_ENGINE if engine is None else engine
+    quantize = DEFAULT_QUANTIZE if quantize is None else quantize
+    if engine not in ENGINES:
+        raise ValueError(f"unknown generation engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    check_mode(quantize)
+    return engine, quantize
+
+
+def try_generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, engine: str | None = None,
+                 quantize: str | None = None, **generate_kwargs) -> torch.Tensor | None:
+    """The fast loop's output, or None when the caller should use HF `generate` (engine "hf", or options or a
+    model the fast loop does not support; quantization needs the fast loop, so it is then dropped with a warning)."""
+    engine, quantize = resolve_engine(engine, quantize)
+    reason = "engine='hf' was asked for" if engine == "hf" else unsupported_reason(llm, generate_kwargs)
+    if reason is None:
+        return generate(llm, inputs_embeds, attention_mask, quantize=quantize, **generate_kwargs)
+    log = logger.warning if quantize != "none" else logger.debug
+    log("using HF generate (%s)%s", reason, f"; quantize={quantize!r} ignored" if quantize != "none" else "")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # llm -> {mode: (weights version, PackedLM)}
+
+
+def _weights_version(llm) -> int:
+    """Changes whenever any LM parameter is replaced or modified in place (optimizer step, load_state_dict)."""
+    return hash(tuple((p.data_ptr(), p._version) for p in llm.parameters()))
+
+
+def packed_lm(llm, mode: str = "none") -> PackedLM:
+    """The `PackedLM` for `llm` in `mode`, built on first use (int8: ~1 s for 135M weights) and reused until
+    the LM's weights change."""
+    check_mode(mode)
+    version = _weights_version(llm)
+    per_mode = _PACKED.setdefault(llm, {})
+    if mode not in per_mode or per_mode[mode][0] != version:
+        with torch.no_grad():
+            per_mode[mode] = (version, PackedLM(llm, mode))
+    return per_mode[mode][1]
+
+
+@torch.inference_mode()
+def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, quantize: str = "none",
+             **generate_kwargs) -> torch.Tensor:
+    """Decode from a (left-padded) prompt given as embeddings; returns only the new tokens, `[B, new]`.
+
+    inputs_embeds: [B, T, hidden]; attention_mask: [B, T] (1 = token, 0 = left padding). Rows stop on their own
+    (EOS or a stop string) and are then filled with `pad_token_id`; the loop ends when every row has stopped or
+    after `max_new_tokens`, as HF `generate` does. `generate_kwargs`: see `SUPPORTED_KWARGS`.
+    """
+    reason = unsupported_reason(llm, generate_kwargs)
+    if reason is not None:
+        raise ValueError(f"the fast decode loop does not support {reason}")
+    options = SamplingOptions.from_generate_kwargs(llm, generate_kwargs)
+    streamer = generate_kwargs.get("streamer")
+    model = packed_lm(llm, quantize)
+    batch, prompt_len, _ = inputs_embeds.shape
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, prompt_len, dtype=torch.long)
+    valid = attention_mask.bool()
+    padded = not bool(valid.all())
+    max_len = prompt_len + options.max_new_tokens
+    # HF's position rule for left padding: each row counts from 0 at its first real token.
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(~valid, 0)
+    cos_all, sin_all = model.rope_tables(torch.arange(int(positions.max()) + options.max_new_tokens + 1)[None])
+    key_valid = torch.ones(batch, 1, 1, max_len, dtype=torch.bool)
+    key_valid[:, 0, 0, :prompt_len] = valid
+    prefill_mask = None
+    if padded:
+        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
+        # A padding query attends to itself only, so no row of the softmax is empty (that would give NaN).
+        prefill_mask = (causal & key_valid[..., :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool)
+    cache = model.new_cache(batch, max_len)
+    logits = model.forward(inputs_embeds.to(model.dtype), _rope_at(cos_all, sin_all, positions), cache, 0,
+                           prefill_mask)
+    next_position = positions[:, -1:] + 1  # [B, 1]
+    decoder = _TokenChooser(options, batch, logits.shape[-1])
+    produced: list[torch.Tensor] = []
+    for step in range(options.max_new_tokens):
+        tokens = decoder.choose(logits)
+        produced.append(tokens)
+        if options.stopping_criteria is not None:
+            decoder.apply_criteria(torch.stack(produced, dim=1), logits)
+        if streamer is not None:
+            streamer.put(tokens)
+        if not decoder.any_unfinished() or step == options.max_new_tokens - 1:
+            break
+        x = model.embed[tokens][:, None].to(model.dtype)  # [B, 1, hidden]
+        end = prompt_len + step + 1
+        mask = key_valid[..., :end] if padded else None
+        logits = model.forward(x, _rope_at(cos_all, sin_all, next_position), cache, prompt_len + step, mask)
+        next_position = next_position + 1
+    if streamer is not None:
+        streamer.end()
+    return torch.stack(produced, dim=1)
+
+
+def _rope_at(cos_all: torch.Tensor, sin_all: torch.Tensor, positions: torch.Tensor):
+    """Gather precomputed `[1, 1, S, D]` tables at `positions: [B, T]` → `[B, 1, T, D]` each."""
+    return cos_all[0, 0][positions][:, None], sin_all[0, 0][positions][:, None]
+
+
+class _TokenChooser:
+    """Per-step token choice with HF's logits-processor order (repetition penalty, temperature, top-k, top-p),
+    EOS / stop-string stopping per row, and padding of rows that have stopped."""
+
+    def __init__(self, options: SamplingOptions, batch: int, vocab: int):
+        self.options = options
+        self.unfinished = torch.ones(batch, dtype=torch.bool)
+        self.eos = torch.tensor(options.eos_token_ids, dtype=torch.long)
+        self.seen = torch.zeros(batch, vocab, dtype=torch.bool) if options.repetition_penalty != 1.0 else None
+        self.history: list[list[int]] = [[] for _ in range(batch)] if options.stop_strings else []
+        self.window = max((len(s) for s in options.stop_strings), default=0) + 8
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: [B, vocab] float32 → next tokens [B] (pad for rows that stopped before)."""
+        opts = self.options
+        if self.seen is not None:
+            penalty = opts.repetition_penalty
+            logits = torch.where(self.seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+        tokens = _sample(logits, opts) if opts.do_sample else logits.argmax(dim=-1)
+        tokens = torch.where(self.unfinished, tokens, opts.pad_token_id)
+        if self.seen is not None:
+            self.seen[torch.arange(tokens.shape[0]), tokens] = True
+        if self.eos.numel():
+            self.unfinished &= ~torch.isin(tokens, self.eos)
+        if opts.stop_strings:
+            self._check_stop_strings(tokens)
+        return tokens
+
+    def _check_stop_strings(self, tokens: torch.Tensor) -> None:
+        for row, token in enumerate(tokens.tolist()):
+            if not self.unfinished[row]:
+                continue
+            self.history[row].append(token)
+            tail = self.options.tokenizer.decode(self.history[row][-self.window:], skip_special_tokens=False)
+            if any(stop in tail for stop in self.options.stop_strings):
+                self.unfinished[row] = False
+
+    def apply_criteria(self, new_tokens: torch.Tensor, scores: torch.Tensor) -> None:
+        """HF-style stopping criteria see the tokens generated so far, `[B, n]` (as HF passes them when the prompt
+        was given as embeddings), and the step's scores."""
+        done = self.options.stopping_criteria(new_tokens, scores)
+        self.unfinished &= ~torch.as_tensor(done, dtype=torch.bool).expand_as(self.unfinished)
+
+    def any_unfinished(self) -> bool:
+        return bool(self.unfinished.any())
+
+
+def _sample(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    """Temperature, top-k and top-p (nucleus) filtering as HF's warpers do it, then one multinomial draw."""
+    if opts.temperature != 1.0:
+        logits = logits / opts.temperature
+    if opts.top_k is not None and opts.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, opts.top_k).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if opts.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - opts.top_p)
+        remove[..., -1:] = False  # always keep the most likely token
+        logits = logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1).squeeze(1)

