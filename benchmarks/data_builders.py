@@ -37,9 +37,13 @@ from biomedgpt.data.protein_qa import build_protein_qa
 import biomedgpt.modalities.protein  # the builder imports it (and torch) lazily; count it in the baseline
 imported = time.perf_counter()
 rss_after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu_before = usage.ru_utime + usage.ru_stime
 summary = build_protein_qa([sys.argv[1]], sys.argv[2], show_progress=False)
 done = time.perf_counter()
+usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"summary": summary.as_dict(), "import_s": imported - start, "build_s": done - imported,
+                  "build_cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
                   "rss_after_import_mb": rss_after_import,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -94,6 +98,8 @@ def main() -> int:
                    "entries_written": summary["written"], "skipped": summary["skipped"],
                    "build_s": round(measured["build_s"], 1),
                    "entries_per_s": round(size / measured["build_s"]),
+                   "build_cpu_s": round(measured["build_cpu_s"], 1),
+                   "entries_per_cpu_s": round(size / measured["build_cpu_s"]),
                    "records_per_s": round(summary["records"] / measured["build_s"]),
                    "input_mb_per_s": round(nbytes / 1e6 / measured["build_s"], 1),
                    "rss_after_import_mb": round(measured["rss_after_import_mb"], 1),
@@ -119,13 +125,17 @@ def write_results(rows: list[dict], entries: list[bytes]) -> None:
              f"Synthetic flat files repeating the {len(entries)} real sample entries with fresh accessions; "
              f"each build in a fresh process. Machine: {machine['cpus']} CPUs, Python {machine['python']}, "
              f"load average at the end {machine['load_average_at_end']}.", "",
-             "| entries | input GB | records written | build s | entries/s | records/s | MB/s | RSS after imports MB "
-             "| peak RSS MB |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| entries | input GB | records written | build s (wall) | entries/s (wall) | records/s (wall) | MB/s "
+             "| entries per CPU-s | RSS after imports MB | peak RSS MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['entries']:,} | {r['input_gb']} | {r['records_written']:,} | {r['build_s']} | "
                      f"{r['entries_per_s']:,} | {r['records_per_s']:,} | {r['input_mb_per_s']} | "
+                     f"{r['entries_per_cpu_s']:,} | "
                      f"{r['rss_after_import_mb']} | {r['peak_rss_mb']} |")
-    lines += ["", "Targets: >= 2,000 entries/s and peak RSS < 300 MB at both sizes.", ""]
+    lines += ["", "Targets: >= 2,000 entries/s and peak RSS < 300 MB at both sizes. The machine is shared: wall-clock",
+              "rates depend on the load average (above); entries per CPU-second do not. The RSS after imports is",
+              "mostly torch, which `biomedgpt.modalities.protein` imports; the build itself adds the rest.", ""]
     (RESULTS / "data_builders.md").write_text("\n".join(lines))
 
 

@@ -45,7 +45,6 @@ _REF = r"(?:PubMed:\d+|Ref\.\s?\d+|PMID:\s?\d+)"
 _LITERATURE = re.compile(rf"\s*\({_REF}(?:,\s*{_REF})*\)")
 _OLD_EVIDENCE = re.compile(r"\s*\((?:By similarity|Potential|Probable|Curated)\)")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:])")
-_SPACES = re.compile(r"\s+")
 _DOUBLE_STOP = re.compile(r"\.(?:\s*\.)+")  # "family. {ECO:…}." leaves "family.." behind
 _NEW_DE = re.compile(r"^\s*(?:RecName|AltName|SubName|Contains|Includes|Flags):")
 
@@ -71,8 +70,8 @@ def clean_text(text: str) -> str:
         text = _ECO.sub("", text)
     if "(" in text:
         text = _OLD_EVIDENCE.sub("", _LITERATURE.sub("", text))
-    text = _SPACES.sub(" ", text).strip()
-    return _DOUBLE_STOP.sub(".", _SPACE_BEFORE_PUNCT.sub(r"\1", text))
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.split()))
+    return _DOUBLE_STOP.sub(".", text) if ".." in text or ". ." in text else text
 
 
 def join_wrapped(pieces: list[str]) -> str:
@@ -183,7 +182,7 @@ def parse_entry(first: int, blob: bytes, problem: str | None = None) -> FlatEntr
     if not text.startswith("ID   "):
         entry.problem = "entry does not start with an ID line"
         return entry
-    sq_at = text.find("\nSQ   ")
+    sq_at = text.rfind("\nSQ   ")  # near the end: searching backwards skips the features
     organism: list[str] = []
     for line in _wanted_lines(text, sq_at):
         code = line[:5]
@@ -218,15 +217,21 @@ def iter_flat_entries(path: str | Path) -> Iterator[FlatEntry]:
         yield parse_entry(first, blob, problem)
 
 
-def comment_blocks(comments: list[str]) -> list[tuple[str, str]]:
-    """CC lines → [(topic, joined text)], e.g. ("FUNCTION", "Adapter protein …"); the copyright box is dropped."""
+QA_TOPICS = frozenset({"FUNCTION", "SIMILARITY", "SUBCELLULAR LOCATION"})
+
+
+def comment_blocks(comments: list[str], topics: frozenset[str] | None = None) -> list[tuple[str, str]]:
+    """CC lines → [(topic, joined text)], e.g. ("FUNCTION", "Adapter protein …"); the copyright box is dropped.
+    With `topics`, other blocks (interactions, sequence cautions, …) are skipped without being joined."""
     blocks: list[tuple[str, list[str]]] = []
     current: list[str] | None = None
     for line in comments:
         if line.startswith("-!- "):
             topic, _, rest = line[4:].partition(":")
-            current = [rest]
-            blocks.append((topic.strip().upper(), current))
+            topic = topic.strip().upper()
+            current = [rest] if topics is None or topic in topics else None
+            if current is not None:
+                blocks.append((topic, current))
         elif line.startswith("---") or not line.startswith(" "):
             current = None  # the "Copyrighted by the UniProt Consortium" box
         elif current is not None:
@@ -256,7 +261,7 @@ def official_name(description: list[str]) -> str | None:
 def entry_answers(entry: FlatEntry) -> dict[str, str]:
     """{task: answer} for the tasks this entry can answer (function, name, family, location)."""
     functions, families, locations = [], [], []
-    for topic, text in comment_blocks(entry.comments):
+    for topic, text in comment_blocks(entry.comments, QA_TOPICS):
         if topic == "FUNCTION":
             functions.append(clean_text(text))
         elif topic == "SIMILARITY" and text.strip().startswith("Belongs to the"):

@@ -57,19 +57,23 @@ def test_malformed_lines_are_counted(tmp_path):
     good = {"question": "Q?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 4, "id": "x1"}
     lines = [json.dumps(good).encode(), json.dumps({**good, "cop": 0, "id": "x2"}).encode(),  # 0 is not 1-based
              b'{"question": "truncated', json.dumps({**good, "opb": "", "id": "x3"}).encode(),
-             b"\xff\xfe", b"", json.dumps({**good, "id": "x1"}).encode(), b"[1, 2]"]
+             b"\xff\xfe", b"", json.dumps({**good, "id": "x1"}).encode(), b"[1, 2]",
+             b'{"question": "' + b"x" * (10 * 1024 * 1024) + b'"}']  # a 10 MB line
     path = tmp_path / "dev.json"
     path.write_bytes(b"\n".join(lines) + b"\n")
     out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
     summary = build_mcq("medmcqa", [path], out, rejects_path=rejects)
-    assert summary.read == 7 and summary.written == 1 and summary.balanced
-    assert summary.skipped == {"malformed record": 3, "invalid JSON": 1, "unreadable line": 1, "duplicate id": 1}
+    assert summary.read == 8 and summary.written == 1 and summary.balanced
+    assert summary.skipped == {"malformed record": 3, "invalid JSON": 1, "unreadable line": 2, "duplicate id": 1}
     (record,) = read_mcq(out)
     assert record.answer == "D"
     reasons = [json.loads(line)["reason"] for line in rejects.read_text().splitlines()]
     assert "cop 0 is not an answer index 1..4" in reasons[0]
     zero_based = build_mcq("medmcqa", [path], tmp_path / "zero.jsonl", index_base=0)
     assert zero_based.written == 1  # x2 (cop 0 = A) is valid 0-based; x1's cop 4 is then out of range
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert build_mcq("medqa", [empty], tmp_path / "none.jsonl").as_dict()["read"] == 0
 
 
 def test_pubmedqa_broken_file_is_one_clear_error(tmp_path):

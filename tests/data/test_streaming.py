@@ -43,3 +43,16 @@ def test_rejects_counts_and_writes_reasons(tmp_path):
     assert rows[0] == {"file": "in.tsv", "line": 2, "reason": "invalid SMILES: unclosed ring", "text": "1\tC1CC"}
     assert len(rows[1]["text"]) == 2000 and rows[1]["text_truncated_from"] == 5000
     assert "skipped 2: invalid SMILES" in summary.format()
+
+
+def test_lenient_record_reader_skips_and_reports_bad_lines(tmp_path):
+    from biomedgpt.data.records import read_lenient
+
+    path = tmp_path / "qa.jsonl"
+    path.write_bytes(b'{"id": "1", "question": "q", "answer": "a"}\n\n{"id": 2\n'
+                     b'{"id": "3", "answer": "a"}\n\xff\n{"id": "4", "question": "q2", "answer": "b"}\n')
+    errors = []
+    records = list(read_lenient(path, "qa", errors))
+    assert [r.id for r in records] == ["1", "4"]
+    assert [str(e).split(": ", 1)[0].rsplit(":", 1)[1] for e in errors] == ["3", "4", "5"]
+    assert "missing field 'question'" in str(errors[1]) and "not valid UTF-8" in str(errors[2])
