@@ -92,8 +92,19 @@ def load_model(name_or_path: str | None = None) -> BioMedGPT:
     from biomedgpt.config import PRESETS
 
     name_or_path = name_or_path or default_model_path()
-    if Path(name_or_path).expanduser().is_dir():
-        return BioMedGPT.from_pretrained(Path(name_or_path).expanduser())
+    directory = Path(name_or_path).expanduser()
+    if directory.is_dir():
+        from biomedgpt.config import BioMedGPTConfig
+
+        config_file = directory / "config.json"
+        dtype = BioMedGPTConfig.load(config_file).lm.dtype if config_file.is_file() else "float32"
+        if dtype != "float32" or torch.cuda.is_available():
+            # Large (bf16/fp16) models: build on the meta device and stream the weights in, so host RAM stays
+            # near one copy of the model in its dtype; on GPUs, place it with accelerate's device map.
+            return BioMedGPT.from_pretrained(
+                directory, dtype=dtype, device_map="auto" if torch.cuda.is_available() else None
+            )
+        return BioMedGPT.from_pretrained(directory)
     if name_or_path in PRESETS:
         return BioMedGPT.from_preset(name_or_path)
     raise ModelNotFoundError(f"model folder not found: {name_or_path} (presets: {', '.join(sorted(PRESETS))})")
