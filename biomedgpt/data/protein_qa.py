@@ -100,6 +100,8 @@ def _terminator(buffer: bytes, start: int) -> int:
 def _entry_problem(chunk: bytes, first: int) -> str | None:
     if len(chunk) <= MAX_LINE_BYTES:  # the common case: no line can be too long
         return None
+    if len(chunk) > MAX_ENTRY_BYTES:
+        return f"entry is larger than {MAX_ENTRY_BYTES:,} bytes"
     for offset, line in enumerate(chunk.split(b"\n")):
         if len(line) > MAX_LINE_BYTES:
             return f"line {first + offset} is longer than {MAX_LINE_BYTES:,} bytes"
@@ -140,8 +142,12 @@ def _raw_entries(path: Path) -> Iterator[tuple[int, bytes, str | None]]:
                 body = buffer.lstrip(b" \t\r\n")
                 if oversized is None:
                     oversized = (line + buffer.count(b"\n", 0, len(buffer) - len(body)), body[:2000])
-                line += buffer.count(b"\n", 0, len(buffer) - 2)
-                buffer = buffer[-2:]  # a '\n/' split across blocks must still be found
+                newline = buffer.rfind(b"\n")
+                # keep a trailing "\n" or "\n/" so that a '//' line split across blocks is still found; a
+                # placeholder byte otherwise, so that the next block is never taken to start a line
+                tail = buffer[newline:] if newline >= len(buffer) - 2 else b"x"
+                line += buffer.count(b"\n", 0, len(buffer) - len(tail) if tail != b"x" else len(buffer))
+                buffer = tail
         body = buffer.lstrip(b" \t\r\n")
         if oversized is not None:
             yield oversized[0], oversized[1], f"entry is larger than {MAX_ENTRY_BYTES:,} bytes"

@@ -159,3 +159,6 @@ def test_tiny_blocks_give_the_same_entries_and_oversized_entries_are_skipped(sam
     (big,) = [e for e in entries if e.problem]
     assert big.problem == "entry is larger than 100,000 bytes" and big.raw.startswith("ID   HLAA_HUMAN")
     assert big.first_line == normal[8][0]
+    monkeypatch.setattr(protein_qa, "_BLOCK_BYTES", 1 << 22)  # the whole entry in one block: same verdict
+    monkeypatch.setattr(protein_qa, "MAX_LINE_BYTES", 1000)
+    assert [e.problem for e in iter_flat_entries(flat)].count("entry is larger than 100,000 bytes") == 1
