@@ -74,11 +74,17 @@ def morgan_fingerprint(smiles: str):
 
 
 def inchikey(smiles: str) -> str:
-    from rdkit import Chem
+    """The standard InChIKey ("" for the rare molecule InChI cannot describe); raises `InvalidSmilesError`."""
+    from rdkit import Chem, rdBase
 
     from biomedgpt.modalities.molecule import parse_smiles
 
-    return Chem.MolToInchiKey(parse_smiles(smiles))
+    mol = parse_smiles(smiles)
+    blocker = rdBase.BlockLogs()  # InChI failures are an empty key here, not console noise
+    try:
+        return Chem.MolToInchiKey(mol)
+    finally:
+        del blocker
 
 
 def clean_sequence(text: str) -> str:
@@ -229,6 +235,7 @@ class RetrievalIndex:
     def without(self, keys: set[str]) -> tuple[RetrievalIndex, int]:
         """A copy without entries whose key (InChIKey / sequence) is in `keys`, and how many were removed.
         Used to drop every pool entity that also occurs in the evaluated set (leakage)."""
+        keys = {key for key in keys if key}  # an empty InChIKey identifies nothing
         keep = [i for i, e in enumerate(self.molecules) if e.key not in keys]
         proteins = [e for e in self.proteins if e.key not in keys]
         removed = len(self) - len(keep) - len(proteins)

@@ -36,7 +36,7 @@ def entity_key(record) -> str | None:
 
     try:
         if len(record.molecules) == 1 and not record.proteins:
-            return inchikey(record.molecules[0])
+            return inchikey(record.molecules[0]) or None
         if len(record.proteins) == 1 and not record.molecules:
             return clean_sequence(record.proteins[0])
     except UserError:

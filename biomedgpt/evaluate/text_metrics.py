@@ -122,10 +122,12 @@ def bleu(references: Sequence[str], predictions: Sequence[str]) -> dict[str, flo
     _check_pairs(references, predictions)
     refs = [[tokens] for tokens in tokenize(references)]
     hyps = tokenize(predictions)
-    return {
-        "bleu2": float(corpus_bleu(refs, hyps, weights=(0.5, 0.5))),
-        "bleu4": float(corpus_bleu(refs, hyps, weights=(0.25, 0.25, 0.25, 0.25))),
-    }
+    with warnings.catch_warnings():  # "0 counts of n-gram overlaps": BLEU is then 0 by the protocol, no smoothing
+        warnings.simplefilter("ignore", UserWarning)
+        return {
+            "bleu2": float(corpus_bleu(refs, hyps, weights=(0.5, 0.5))),
+            "bleu4": float(corpus_bleu(refs, hyps, weights=(0.25, 0.25, 0.25, 0.25))),
+        }
 
 
 def meteor_scores(references: Sequence[str], predictions: Sequence[str]) -> list[float]:

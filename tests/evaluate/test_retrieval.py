@@ -93,3 +93,11 @@ def test_save_load_round_trip(index, tmp_path):
     for smiles in ("CCCCO", "c1ccccc1O"):
         assert loaded.query_molecule(smiles, k=5) == index.query_molecule(smiles, k=5)
     assert loaded.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
+
+
+def test_a_molecule_without_inchikey_never_counts_as_a_duplicate():
+    index = RetrievalIndex.from_records([_record("dummy", smiles="*"), _record("ethanol", smiles="CCO")])
+    assert inchikey("*") == "" and index.molecules[0].key == ""
+    assert index.without({""})[1] == 0
+    assert index.query_molecule("CCO", k=1, question="What is it?")[0].id == "ethanol"
+    assert index.query_molecule("CCO", k=1, question="Another question?") == []
