@@ -39,3 +39,19 @@ done
 "$BIN/biomedgpt" report "$RUNS"/chebi20-test--* "$RUNS"/location-test--* "$RUNS"/go-mf-test--* \
   "$RUNS"/pubmedqa-test--* "$RUNS"/medmcqa-dev--* "$RUNS"/medqa-test--* \
   --out "$RESULTS/REPORT.md" --plot "$RESULTS/baselines.png"
+
+# Cross-check on the project's own data files (scripts/build_training_data.sh -> data/build/), when present:
+# a larger molecule pool (ChEBI-20 validation + PCdes minus test InChIKeys) and a protein pool that mixes GO
+# and location questions (the baselines then use the records asked the same question).
+if [ -f data/build/molecule_qa_test.jsonl ]; then
+  B=runs/build-check
+  "$BIN/biomedgpt" eval qa --model baseline:nn --data data/build/molecule_qa_test.jsonl \
+    --train data/build/molecule_qa_train.jsonl --benchmark chebi20-test-build --out $B/chebi-nn > /dev/null
+  "$BIN/biomedgpt" eval qa --model baseline:nn --data data/build/protein_location_test.jsonl \
+    --train data/build/protein_qa_train.jsonl --benchmark location-test-build --limit 500 --out $B/location-nn > /dev/null
+  "$BIN/biomedgpt" eval mcq --model baseline:majority --data data/build/pubmedqa_test.jsonl \
+    --train data/build/pubmedqa_train.jsonl --benchmark pubmedqa-build --out $B/pubmedqa-majority > /dev/null
+  mkdir -p "$RESULTS/project-data"
+  for dir in $B/*/; do cp "$dir/metrics.json" "$RESULTS/project-data/$(basename "$dir").json"; done
+  "$BIN/biomedgpt" report $B/chebi-nn $B/location-nn $B/pubmedqa-majority --out "$RESULTS/project-data/REPORT.md"
+fi
