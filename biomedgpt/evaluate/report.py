@@ -111,14 +111,19 @@ def plot(runs: Sequence[dict], path: str | Path) -> Path:
     by_benchmark: dict[str, list[dict]] = {}
     for run in runs:
         by_benchmark.setdefault(run["benchmark"], []).append(run)
-    fig = Figure(figsize=(4.5 * len(by_benchmark), 4.2))
-    axes = fig.subplots(1, len(by_benchmark), squeeze=False)
-    for ax, (benchmark, group) in zip(axes[0], by_benchmark.items()):
+    columns = min(3, len(by_benchmark))
+    rows = -(-len(by_benchmark) // columns)
+    fig = Figure(figsize=(4.8 * columns, 4.4 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(by_benchmark):]:
+        ax.set_visible(False)
+    for ax, (benchmark, group) in zip(axes, by_benchmark.items()):
         metric = primary_metric(group[0]["task"], group)
         bars = [(run["system"], run["metrics"].get(metric)) for run in group]
         bars += [(name, values[metric]) for name, values in anchors_for(benchmark) if metric in values]
         colors = ["#4c72b0" if i < len(group) else "#bbbbbb" for i in range(len(bars))]
-        ax.bar(range(len(bars)), [value or 0.0 for _, value in bars], color=colors)
+        drawn = ax.bar(range(len(bars)), [value or 0.0 for _, value in bars], color=colors)
+        ax.bar_label(drawn, labels=["–" if v is None else f"{v:.3f}" for _, v in bars], fontsize=7)
         ax.set_xticks(range(len(bars)), [name for name, _ in bars], rotation=35, ha="right", fontsize=7)
         ax.set_ylim(0, 1)
         ax.set_title(f"{benchmark}: {metric}", fontsize=9)
