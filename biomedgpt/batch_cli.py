@@ -26,8 +26,11 @@ def register(subparsers) -> None:
 def run_batch_command(args) -> int:
     from pathlib import Path
 
-    from biomedgpt.batch import read_rows, run_batch
     from biomedgpt.errors import UserError
+
+    if not Path(args.input).is_file():  # before the heavy imports: a typo should fail at once
+        raise UserError(f"input file not found: {args.input}")
+    from biomedgpt.batch import read_rows, run_batch
     from biomedgpt.inference import load_model
     from biomedgpt.inference_cli import _quiet_transformers, _settings
 

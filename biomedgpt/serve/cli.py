@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-tokens-limit", type=int, default=512, help="highest max_tokens a client may ask")
     parser.add_argument("--max-prompt-tokens", type=int, default=2048)
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the model (OMP_NUM_THREADS; default: torch's choice, one per core); "
+                             "1 is much faster when other processes keep the cores busy")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(func=run_serve)
 
@@ -49,6 +52,13 @@ def _model_name(model_arg: str | None) -> str:
 
 
 def run_serve(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            from biomedgpt.errors import UserError
+
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        # Before torch is imported: OpenMP reads it once, for every thread (the worker and its stream threads).
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import uvicorn
 
     from biomedgpt.errors import UserError

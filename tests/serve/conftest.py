@@ -23,7 +23,7 @@ def live_server(tiny_model_dir, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BIOMEDGPT_API_KEY": API_KEY}
     command = [sys.executable, "-m", "biomedgpt", "serve", "--model", str(tiny_model_dir), "--port", str(port),
                "--model-name", MODEL_ID, "--index", str(index), "--max-queue", "8", "--max-batch", "4",
-               "--max-tokens-limit", "32", "--timeout", "60", "--log-level", "warning"]
+               "--max-tokens-limit", "32", "--timeout", "60", "--threads", "1", "--log-level", "warning"]
     with open(log, "w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
