@@ -103,7 +103,7 @@ def bench_align_cache(args) -> None:
           f"{os.cpu_count()} cores (shared machine).\n"
           f"Command: `.venv/bin/python benchmarks/train_throughput.py align-cache --repeats {args.repeats}"
           + (f" --threads {args.threads}" if args.threads else "") + "`\n")
-    _write("align_cache", result, md)
+    _write("align_cache" + (f"_threads{args.threads}" if args.threads else ""), result, md)
 
 
 # ---------------------------------------------------------------------------------------------- lm tokens/s
@@ -157,8 +157,9 @@ def bench_lm(args) -> None:
           f"|---|---|---|---|---|\n| {tokens_per_s:.1f} | {per_token / 1e9:.3f} G | {achieved / 1e9:.1f} | "
           f"{matmul / 1e9:.1f} | {achieved / matmul:.1%} |\n\n"
           f"Machine load average at start: {result['machine']['load_average_1min']}.\n"
-          "Command: `.venv/bin/python benchmarks/train_throughput.py lm`\n")
-    _write("lm", result, md)
+          "Command: `.venv/bin/python benchmarks/train_throughput.py lm"
+          + (f" --threads {args.threads}" if args.threads else "") + "`\n")
+    _write("lm" + (f"_threads{args.threads}" if args.threads else ""), result, md)
 
 
 # ---------------------------------------------------------------------------------------------- memory

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     train.add_argument("stage", choices=STAGE_NAMES)
     # `--config FILE key=value ...`: argparse cannot place positionals after an option, so the overrides that
     # follow the file are taken by --config itself; overrides may also come before --config.
-    train.add_argument("--config", nargs="+", default=None, metavar="FILE [key=value",
+    train.add_argument("--config", nargs="+", default=None, metavar="FILE",
                        help="stage config file (.yaml, .yml or .toml), then any key=value overrides")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.add_argument("--resume", action="store_true",

@@ -230,6 +230,23 @@ def _diverged(step: int, what: str, value: float | str, run_dir: Path) -> Traini
     return TrainingDiverged(f"training stopped at step {step}: the {what} is {value}; {where}")
 
 
+def _forward_backward(module, micro: list, accelerator) -> float:
+    """Accumulate gradients of one optimizer step; return its loss per target over all processes.
+
+    Each micro-batch's summed loss is divided by the target count of the whole step (every micro-batch of
+    every process) and multiplied by the process count, because DDP averages gradients over processes."""
+    world = accelerator.num_processes
+    targets = max(_reduce_sum(accelerator, sum(b.num_targets() for b in micro)), 1.0)
+    loss_sum = 0.0
+    for i, batch in enumerate(micro):
+        sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(module)
+        with sync, accelerator.autocast():
+            loss, _ = module(batch)
+            accelerator.backward(loss * world / targets)
+        loss_sum += float(loss.detach())
+    return _reduce_sum(accelerator, loss_sum) / targets
+
+
 def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) one stage. Returns a summary (final loss, validation loss, steps, throughput)."""
     threads = torch.get_num_threads()
@@ -291,15 +308,7 @@ def _run_steps(prepared, module, inner, optimizer, scheduler, stream, config, ac
     run_start = time.perf_counter() - state["elapsed_s"]
     while step < total_steps:
         micro = [stream.get(step, i) for i in range(sched.grad_accum)]
-        targets = _reduce_sum(accelerator, sum(b.num_targets() for b in micro))
-        loss_sum = 0.0
-        for i, batch in enumerate(micro):
-            sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(module)
-            with sync, accelerator.autocast():
-                loss, _ = module(batch)
-                accelerator.backward(loss * world / max(targets, 1.0))
-            loss_sum += float(loss.detach())
-        loss_value = _reduce_sum(accelerator, loss_sum) / max(targets, 1.0)
+        loss_value = _forward_backward(module, micro, accelerator)
         if not math.isfinite(loss_value):
             bar.close()
             raise _diverged(step + 1, "loss", loss_value, run_dir)
