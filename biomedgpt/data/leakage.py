@@ -157,8 +157,9 @@ class LeakageReport:
             if section.get("histogram"):
                 lines.append("    TRAIN items by best similarity to TEST: " + ", ".join(
                     f">={k}: {v:,}" for k, v in section["histogram"].items()))
-            for example in section.get("examples", [])[:5]:
-                lines.append(f"    e.g. {example}")
+            examples = section.get("examples", [])
+            shown = [e for e in examples if " = " in e][:3] + [e for e in examples if " = " not in e][:3]
+            lines += [f"    e.g. {example}" for example in shown]
         return "\n".join(lines)
 
 
@@ -175,18 +176,19 @@ def _check_molecules(train: list[Item], test: list[Item], tanimoto: float, repor
     test_smiles = [smiles for item in test for smiles, _ in item.molecules]
     test_ids = [item.id for item in test for _ in item.molecules]
     best = max_tanimoto(morgan_fingerprints([s for _, s, _ in owners]), morgan_fingerprints(test_smiles))
-    near_items, examples = set(), []
+    near_items, exact_examples, near_examples = set(), [], []
     for (item, _, key), (where, score) in zip(owners, best):
         if key in test_keys:
-            examples.append(f"{item.id} = {test_keys[key]} (InChIKey {key})")
+            exact_examples.append(f"{item.id} = {test_keys[key]} (InChIKey {key})")
         elif score >= tanimoto and item.index not in exact_items:
             near_items.add(item.index)
-            examples.append(f"{item.id} ~ {test_ids[where]} (Tanimoto {score:.2f})")
+            near_examples.append(f"{item.id} ~ {test_ids[where]} (Tanimoto {score:.2f})")
+    examples = exact_examples[:10] + near_examples[:10]
     report.leaking |= exact_items
     report.near |= near_items - report.leaking
     report.sections["molecules"] = {
         "exact": len(exact_items), "exact_key": "InChIKey", "near": len(near_items),
-        "near_rule": f"Morgan r=2 2048-bit Tanimoto >= {tanimoto:g}", "examples": examples[:20],
+        "near_rule": f"Morgan r=2 2048-bit Tanimoto >= {tanimoto:g}", "examples": examples,
         "histogram": _histogram([score for _, score in best]),
         "train_molecules": len(owners), "test_molecules": len(test_smiles),
     }
