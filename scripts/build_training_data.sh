@@ -2,14 +2,17 @@
 # Build the training and evaluation files the default model (biomedgpt-small) uses, from ../shared/data,
 # into data/build/ (git-ignored), then check every train file against every eval file for leakage.
 #
-#   scripts/build_training_data.sh [OUT_DIR]        (run from the repository root; ~2-3 minutes on 2 cores)
+#   scripts/build_training_data.sh [OUT_DIR]        (OUT_DIR relative to the repository root; 1-2 min on 2 cores)
 #
 # Environment: PYTHON (default .venv/bin/python), BIOMEDGPT_SHARED_DATA (default ../shared/data).
 # Never trains on a test split: every *_train file is built with --exclude of its eval files, and the
 # final `check --fail-on-leak` calls stop the script if any exact duplicate remains.
 set -euo pipefail
 
-PYTHON=${PYTHON:-.venv/bin/python}
+cd "$(dirname "$0")/.."  # the repository root: relative paths below (and OUT_DIR) are taken from here
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 SHARED=${BIOMEDGPT_SHARED_DATA:-../shared/data}
 OUT=${1:-data/build}
 DATA=("$PYTHON" -m biomedgpt.data.cli)  # = `biomedgpt data`, without loading the other areas' commands
