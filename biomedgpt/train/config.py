@@ -87,6 +87,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    protein_max_residues: int | None = None  # cap protein length for this model (saved with it; CPU runs: ~256)
     mask_ratio: float = 0.15  # encoder stages: fraction of atoms / residues masked (Hu et al. 2020; ESM-2)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs that have it, else fp32
     gradient_checkpointing: bool = False
@@ -123,6 +124,8 @@ def _check_ranges(config: TrainConfig) -> None:
         ("trainable.lora.r", config.trainable.lora.r >= 1, "must be >= 1"),
         ("mask_ratio", 0 < config.mask_ratio < 1, "must be in (0, 1)"),
         ("threads", config.threads is None or config.threads >= 1, "must be >= 1"),
+        ("protein_max_residues", config.protein_max_residues is None or 1 <= config.protein_max_residues <= 1022,
+         "must be in [1, 1022]"),
     ]
     for key, ok, message in checks:
         if not ok:

@@ -14,6 +14,7 @@ Formats (`.gz` accepted for text and JSONL):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -81,6 +82,37 @@ def _column(path: Path, names: tuple[str, ...]) -> Iterator[str]:
         for row in reader:
             if row[column] and row[column].strip():
                 yield row[column].strip()
+
+
+@contextlib.contextmanager
+def _per_item_warnings_counted(kind: str) -> Iterator[None]:
+    """Featurizers warn once per cut protein / molecule; over a training set that is thousands of lines.
+    Count them instead and log one summary line."""
+    names = ("biomedgpt.modalities.protein", "biomedgpt.modalities.molecule")
+    counter = _CountingFilter()
+    for name in names:
+        logging.getLogger(name).addFilter(counter)
+    try:
+        yield
+    finally:
+        for name in names:
+            logging.getLogger(name).removeFilter(counter)
+        if counter.count:
+            logger.warning("%s: %d proteins/molecules were cut to the model's length limit (e.g. %s)", kind,
+                           counter.count, counter.example)
+
+
+class _CountingFilter(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count, self.example = 0, ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "truncated" in record.getMessage():
+            self.count += 1
+            self.example = self.example or record.getMessage()
+            return False
+        return True
 
 
 def _limited(items: Iterator, limit: int | None) -> list:
@@ -210,33 +242,40 @@ class QAExamples:
 
     @classmethod
     def from_files(cls, files: Sequence[str], model, max_length: int, limit: int | None) -> QAExamples:
-        from biomedgpt.inference import Message, build_example
-
         examples: list[Example] = []
         skipped = {"invalid entity": 0, "prompt longer than data.max_length": 0}
         eot = end_of_turn(model.tokenizer)
-        for path in files:
-            for record in _limited(read_records(Path(path)), limit):
-                if isinstance(record, MCQRecord):
-                    record = mcq_to_qa(record)
-                message = Message("user", record.question, record.molecules, record.proteins)
-                try:
-                    example = build_example(model, [message], answer=record.answer + eot)
-                except (InvalidSmilesError, InvalidSequenceError) as err:
-                    skipped["invalid entity"] += 1
-                    logger.warning("skipping record %s: %s", record.id, err)
-                    continue
-                prompt_length = sum(label == IGNORE_INDEX for label in example.labels)
-                if prompt_length >= max_length:
-                    skipped["prompt longer than data.max_length"] += 1
-                    continue
-                example.input_ids, example.labels = example.input_ids[:max_length], example.labels[:max_length]
-                examples.append(example)
+        with _per_item_warnings_counted("QA records"):
+            for path in files:
+                examples += cls._examples(Path(path), model, eot, max_length, limit, skipped)
         if any(skipped.values()):
             logger.warning("skipped records: %s", {k: v for k, v in skipped.items() if v})
         if not examples:
             raise UserError(f"no usable QA records in {', '.join(files)} (skipped: {skipped})")
         return cls(examples, model.tokenizer.pad_token_id)
+
+    @staticmethod
+    def _examples(path: Path, model, eot: str, max_length: int, limit: int | None, skipped: dict) -> list[Example]:
+        """Tokenise one file's records; count (in `skipped`) those with a bad entity or an over-long prompt."""
+        from biomedgpt.inference import Message, build_example
+
+        examples = []
+        for record in _limited(read_records(path), limit):
+            if isinstance(record, MCQRecord):
+                record = mcq_to_qa(record)
+            message = Message("user", record.question, record.molecules, record.proteins)
+            try:
+                example = build_example(model, [message], answer=record.answer + eot)
+            except (InvalidSmilesError, InvalidSequenceError) as err:
+                skipped["invalid entity"] += 1
+                logger.warning("skipping record %s: %s", record.id, err)
+                continue
+            if sum(label == IGNORE_INDEX for label in example.labels) >= max_length:
+                skipped["prompt longer than data.max_length"] += 1
+                continue
+            example.input_ids, example.labels = example.input_ids[:max_length], example.labels[:max_length]
+            examples.append(example)
+        return examples
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -257,13 +296,14 @@ class QAExamples:
 def _valid_entities(raw: Iterator[str], parse, limit: int | None, kind: str, files) -> list:
     """Parse each distinct entry (QA files repeat a molecule/protein once per question), skipping bad ones."""
     out, bad = [], 0
-    for text in dict.fromkeys(raw):
-        if limit is not None and len(out) >= limit:
-            break
-        try:
-            out.append(parse(text))
-        except (InvalidSmilesError, InvalidSequenceError):
-            bad += 1
+    with _per_item_warnings_counted(kind):
+        for text in dict.fromkeys(raw):
+            if limit is not None and len(out) >= limit:
+                break
+            try:
+                out.append(parse(text))
+            except (InvalidSmilesError, InvalidSequenceError):
+                bad += 1
     if bad:
         logger.warning("skipped %d invalid %s entries", bad, kind)
     if not out:

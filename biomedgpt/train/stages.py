@@ -186,6 +186,9 @@ def prepare(config: TrainConfig) -> Prepared:
         raise ConfigError(f"config keys 'data.train' and 'data.validation' share files: {sorted(overlap)}")
     torch.manual_seed(config.seed)
     model = load_start_model(config.model)
+    if config.protein_max_residues is not None and model.config.protein is not None:
+        # Longer proteins are cut to their first residues, in training and (saved in the config) inference alike.
+        model.config.protein.max_residues = config.protein_max_residues
     if config.stage in ("encoder-molecule", "encoder-protein"):
         prepared = _prepare_encoder_stage(config, model)
     else:

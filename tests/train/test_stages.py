@@ -100,12 +100,14 @@ def test_encoder_molecule_attribute_masking(make_config, train_files, tiny_model
 
 def test_encoder_protein_masked_lm(make_config, train_files, tiny_model, tiny_model_dir):
     config = make_config("encoder-protein", train_files["proteins"], model=str(tiny_model_dir),
-                         schedule={"batch_size": 4, "max_steps": 30},
+                         protein_max_residues=30, schedule={"batch_size": 4, "max_steps": 30},
                          optim={"lr": 1e-2})
     train(config)
     losses = _losses(config.output_dir)
     assert losses[-1] < 0.85 * losses[0]
-    trained = BioMedGPT.from_pretrained(Path(config.output_dir) / "model").state_dict()
+    model = BioMedGPT.from_pretrained(Path(config.output_dir) / "model")
+    assert model.config.protein.max_residues == 30  # the cap travels with the model
+    trained = model.state_dict()
     assert not _same(tiny_model.state_dict(), trained, "prot_structure_encoder.")
     assert _same(tiny_model.state_dict(), trained, "mol_structure_encoder.")
 
