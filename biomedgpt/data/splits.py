@@ -2,8 +2,9 @@
 
 - scaffold (molecules): records grouped by Bemis–Murcko scaffold; the largest groups fill train first, then
   valid, then test (the MoleculeNet / DeepChem convention), so test holds rarer scaffolds.
-- identity (proteins): single-linkage clusters of sequences whose k-mer identity estimate is >= a threshold;
-  clusters are shuffled (seeded) and assigned whole, so no test protein has a close relative in train.
+- identity (proteins): greedy clusters of sequences whose k-mer identity estimate to the cluster's
+  representative is >= a threshold, assigned whole (largest first, ties shuffled with a seed), so that no
+  test protein has a close relative (of the same cluster) in train.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def scaffold_groups(records: list[QARecord]) -> list[list[int]]:
 
 
 def identity_groups(records: list[QARecord], min_identity: float, seed: int) -> list[list[int]]:
-    """Connected components of the graph 'estimated identity >= min_identity' (union-find), shuffled."""
+    """Greedy (CD-HIT style) clusters: longest sequence first, each joins the most similar existing
+    representative with estimated identity >= min_identity or becomes a representative itself. Unlike single
+    linkage this cannot chain distant proteins through shared domains into one giant cluster. Clusters are
+    ordered largest first (ties shuffled with `seed`), so that big families land in train."""
+    import numpy as np
+
     from biomedgpt.data.similarity import KmerIndex
 
     sequences = []
@@ -57,26 +63,24 @@ def identity_groups(records: list[QARecord], min_identity: float, seed: int) -> 
         if not record.proteins:
             raise UserError(f"record {record.id!r} has no protein: an identity split needs one per record")
         sequences.append(record.proteins[0])
-    distinct = sorted(set(sequences))
-    parent = list(range(len(distinct)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    distinct = sorted(set(sequences), key=lambda s: (-len(s), s))
     index = KmerIndex(distinct)
+    is_representative = np.zeros(len(distinct), dtype=bool)
+    cluster_of = np.empty(len(distinct), dtype=np.int64)
     for i, sequence in enumerate(distinct):
-        for j in (index.estimate(sequence) >= min_identity).nonzero()[0]:
-            parent[find(int(j))] = find(i)
+        estimate = np.where(is_representative, index.estimate(sequence), -1.0)
+        best = int(np.argmax(estimate))
+        if estimate[best] >= min_identity:
+            cluster_of[i] = cluster_of[best]
+        else:
+            is_representative[i], cluster_of[i] = True, i
     position = {sequence: i for i, sequence in enumerate(distinct)}
     groups: dict[int, list[int]] = defaultdict(list)
     for record_index, sequence in enumerate(sequences):
-        groups[find(position[sequence])].append(record_index)
+        groups[int(cluster_of[position[sequence]])].append(record_index)
     ordered = sorted(groups.values(), key=lambda g: g[0])
     random.Random(seed).shuffle(ordered)
-    return ordered
+    return sorted(ordered, key=len, reverse=True)  # stable: equal sizes keep their shuffled order
 
 
 def split_file(path: str | Path, output_dir: str | Path, by: str, fractions: tuple[float, ...] = (0.8, 0.1, 0.1),
