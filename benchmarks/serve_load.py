@@ -1,9 +1,9 @@
 """Server throughput and latency at concurrency 1, 4 and 16, against a plain loop over `generate` in the same run.
 
-    .venv/bin/python benchmarks/serve_load.py --model small --max-tokens 32
+    .venv/bin/python benchmarks/serve_load.py --model small --max-tokens 32 --threads 1
 
 1. Baseline: this process loads the model and answers the prompts one by one with `generate_batch(..., batch_size=1)`
-   (a plain loop over the model's generate, no HTTP).
+   (a plain loop over the model's generate, no HTTP), once before and once after the server runs.
 2. Server: `python -m biomedgpt serve` in a subprocess on 127.0.0.1; an async client keeps `c` requests in flight
    (non-streaming, greedy, `max_tokens` each) and records each latency; then one streamed request measures the
    time to the first token.
@@ -41,10 +41,9 @@ def prompt(i: int) -> tuple[str, str]:
     return QUESTIONS[i % len(QUESTIONS)], MOLECULES[i % len(MOLECULES)]
 
 
-def baseline(model_name: str, count: int, max_tokens: int) -> dict:
-    from biomedgpt.inference import GenerationSettings, Message, generate_batch, load_model
+def plain_loop(model, count: int, max_tokens: int) -> dict:
+    from biomedgpt.inference import GenerationSettings, Message, generate_batch
 
-    model = load_model(model_name)
     settings = GenerationSettings(max_new_tokens=max_tokens, repetition_penalty=1.1)
     generate_batch(model, [[Message("user", "warm up", [MOLECULES[0]])]], settings, batch_size=1)
     tokens, latencies = 0, []
@@ -84,10 +83,14 @@ async def load(url: str, model_id: str, concurrency: int, count: int, max_tokens
             tokens += response.json()["usage"]["completion_tokens"]
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        before = (await client.get("/health")).json()["queue"]
         start = time.perf_counter()
         await asyncio.gather(*(one(client, i) for i in range(count)))
         wall = time.perf_counter() - start
+        after = (await client.get("/health")).json()["queue"]
+    mean_batch = (after["completed"] - before["completed"]) / max(1, after["batches"] - before["batches"])
     return {"concurrency": concurrency, "requests": count, "ok": statuses.count(200), "wall_s": wall,
+            "mean_batch": mean_batch,
             "requests_per_s": count / wall, "p50_s": percentile(latencies, 0.5), "p95_s": percentile(latencies, 0.95),
             "tokens": tokens, "tokens_per_s": tokens / wall}
 
@@ -148,10 +151,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both sides (OMP_NUM_THREADS)")
     args = parser.parse_args()
     if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported (in baseline())
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported (load_model below)
 
-    base = baseline(args.model, args.baseline_requests, args.max_tokens)
-    print(f"plain loop: {base['tokens_per_s']:.2f} tokens/s", flush=True)
+    from biomedgpt.inference import load_model
+
+    model = load_model(args.model)
+    # The plain loop runs before and after the server (other processes may share the CPU: the mean of the two
+    # is the reference for the ratios).
+    before = plain_loop(model, args.baseline_requests, args.max_tokens)
+    print(f"plain loop: {before['tokens_per_s']:.2f} tokens/s", flush=True)
     runs = []
     with server(args.model, args.max_batch, args.threads) as url:
         asyncio.run(load(url, "bench", 1, 1, 4))  # warm up
@@ -161,6 +169,12 @@ def main() -> None:
             runs.append(run)
             print(json.dumps(run), flush=True)
         ttft = asyncio.run(first_token(url, "bench", args.max_tokens))
+    after = plain_loop(model, args.baseline_requests, args.max_tokens)
+    print(f"plain loop again: {after['tokens_per_s']:.2f} tokens/s", flush=True)
+    base = {"requests": before["requests"] + after["requests"], "wall_s": before["wall_s"] + after["wall_s"],
+            "tokens": before["tokens"] + after["tokens"], "p50_s": (before["p50_s"] + after["p50_s"]) / 2,
+            "before_tokens_per_s": before["tokens_per_s"], "after_tokens_per_s": after["tokens_per_s"]}
+    base["tokens_per_s"] = base["tokens"] / base["wall_s"]
     result = {"model": args.model, "max_tokens": args.max_tokens, "max_batch": args.max_batch, "threads": args.threads,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                                 time.gmtime()),
@@ -178,14 +192,17 @@ def markdown(result: dict) -> str:
              f"max_batch {result['max_batch']}, threads {result['threads'] or 'default'}", "",
              f"{result['machine']}, {result['date']} (1-min load average at start: "
              f"{result['load_average_at_start']:.1f}). Command: `{result['command']}`", "",
-             "| setup | requests | requests/s | p50 latency (s) | p95 latency (s) | generated tokens/s "
+             "| setup | requests | mean batch | requests/s | p50 latency (s) | p95 latency (s) | generated tokens/s "
              "| vs plain loop |",
-             "|---|---|---|---|---|---|---|",
-             f"| plain loop over generate (no server) | {base['requests']} | {base['requests'] / base['wall_s']:.3f} "
-             f"| {base['p50_s']:.2f} | – | {base['tokens_per_s']:.2f} | 1.00× |"]
+             "|---|---|---|---|---|---|---|---|",
+             f"| plain loop over generate, no server (before: {base['before_tokens_per_s']:.2f}, after: "
+             f"{base['after_tokens_per_s']:.2f} tokens/s) | {base['requests']} | 1 | "
+             f"{base['requests'] / base['wall_s']:.3f} | {base['p50_s']:.2f} | – | {base['tokens_per_s']:.2f} "
+             "| 1.00× |"]
     for run in result["server"]:
         lines.append(f"| server, concurrency {run['concurrency']} | {run['requests']} ({run['ok']} ok) | "
-                     f"{run['requests_per_s']:.3f} | {run['p50_s']:.2f} | {run['p95_s']:.2f} | "
+                     f"{run['mean_batch']:.1f} | {run['requests_per_s']:.3f} | {run['p50_s']:.2f} | "
+                     f"{run['p95_s']:.2f} | "
                      f"{run['tokens_per_s']:.2f} | {run['tokens_per_s'] / base['tokens_per_s']:.2f}× |")
     stream = result["stream"]
     lines += ["", f"Streaming, concurrency 1: first token after {stream['time_to_first_token_s']:.2f} s, "

@@ -46,7 +46,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 def create_app(model, cfg: ServerConfig | None = None, index=None) -> FastAPI:
     """The app for one loaded model. `index`: an optional `RetrievalIndex` that adds `evidence` to answers."""
     cfg = cfg or ServerConfig()
-    engine = Engine(model, max_queue=cfg.max_queue, max_batch=cfg.max_batch)
+    engine = Engine(model, max_queue=cfg.max_queue, max_batch=cfg.max_batch, batch_window_s=cfg.batch_window_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -22,6 +22,7 @@ from biomedgpt.serve.schemas import ChatCompletionRequest, ChatMessage, Molecule
 
 _TAG_RE = re.compile(r"<(molecule|protein)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
 _MAX_STOP = 4  # as OpenAI
+_SMILES_CHARS_PER_ATOM = 16  # generous: bracket atoms, stereo marks and ring digits rarely pass 8
 
 
 @dataclass
@@ -87,6 +88,8 @@ def check_entities(model, messages: list[Message], cfg: ServerConfig) -> None:
     max_residues = cfg.max_residues or (model.config.protein.max_residues if model.config.protein else 0)
     for message in messages:
         for smiles in message.smiles:
+            if len(smiles) > _SMILES_CHARS_PER_ATOM * max_atoms:  # before RDKit spends time on a huge string
+                raise APIError(400, f"SMILES of {len(smiles)} characters is too long for {max_atoms} atoms")
             atoms = parse_smiles(smiles).GetNumAtoms()
             if atoms > max_atoms:
                 raise APIError(400, f"molecule {smiles[:40]!r} has {atoms} heavy atoms; the limit is {max_atoms}")
@@ -120,12 +123,20 @@ def settings_from(request: ChatCompletionRequest, cfg: ServerConfig) -> Generati
     )
 
 
+def _text_chars(request: ChatCompletionRequest) -> int:
+    total = 0
+    for message in request.messages:
+        if isinstance(message.content, str):
+            total += len(message.content)
+        elif message.content:
+            total += sum(len(part.text) for part in message.content if isinstance(part, TextPart))
+    return total
+
+
 def prepare_chat(model, request: ChatCompletionRequest, cfg: ServerConfig) -> PreparedChat:
     """Validate a chat request completely (CPU work: RDKit parsing, tokenisation; no model forward)."""
     settings = settings_from(request, cfg)
-    chars = sum(len(p.text) if isinstance(p, TextPart) else 0
-                for m in request.messages for p in (m.content if isinstance(m.content, list) else []))
-    chars += sum(len(m.content) for m in request.messages if isinstance(m.content, str))
+    chars = _text_chars(request)
     if chars > 16 * cfg.max_prompt_tokens:  # cheap pre-check before tokenising a huge prompt
         raise APIError(400, f"prompt of {chars} characters is too long (limit {cfg.max_prompt_tokens} tokens)",
                        param="messages", code="context_length_exceeded")

@@ -13,6 +13,7 @@ class ServerConfig:
     # Queueing: requests wait in one bounded queue in front of the single model worker.
     max_queue: int = 32  # waiting requests beyond this get 429 + Retry-After
     max_batch: int = 8  # concurrent non-streaming requests with equal settings share one generate call
+    batch_window_s: float = 0.05  # after a shared batch, wait this long for more requests to fill the next one
     request_timeout_s: float = 120.0  # from arrival to the last token; then 503 (or an error event if streaming)
     # Limits, each refused with a 4xx naming it.
     max_body_bytes: int = 1 << 20
@@ -32,5 +33,7 @@ class ServerConfig:
                      "default_max_tokens", "max_entities", "max_embedding_inputs", "evidence_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_window_s < 0:
+            raise ValueError(f"ServerConfig.batch_window_s must be >= 0, got {self.batch_window_s}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"ServerConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")

@@ -85,8 +85,10 @@ class Completion:
 
 
 class Engine:
-    def __init__(self, model, max_queue: int = 32, max_batch: int = 8) -> None:
+    def __init__(self, model, max_queue: int = 32, max_batch: int = 8, batch_window_s: float = 0.05) -> None:
         self.model, self.max_queue, self.max_batch = model, max_queue, max_batch
+        self.batch_window_s = batch_window_s
+        self._last_batch_size = 0
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -188,20 +190,32 @@ class Engine:
                 self._cond.wait()
             if self._stopping:
                 return None
-            first = self._waiting.popleft()
-            batch = [first]
-            settings = first.settings
+            batch = [self._waiting.popleft()]
+            settings = batch[0].settings
             # Seeded sampling runs alone: its result must not depend on which other requests share the batch.
-            if first.kind == "generate" and (settings.temperature == 0 or settings.seed is None):
-                for other in list(self._waiting):
-                    if len(batch) >= self.max_batch:
+            if batch[0].kind == "generate" and (settings.temperature == 0 or settings.seed is None):
+                self._take_compatible(batch)
+                # Clients that were just answered tend to send their next request within milliseconds; when the
+                # last batch was shared, wait briefly for them so batches stay full instead of alternating.
+                deadline = time.monotonic() + self.batch_window_s
+                while len(batch) < self.max_batch and self._last_batch_size > 1 and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
                         break
-                    if other.kind == "generate" and other.settings == settings:
-                        self._waiting.remove(other)
-                        batch.append(other)
+                    self._cond.wait(remaining)
+                    self._take_compatible(batch)
             batch = [job for job in batch if not job.cancelled.is_set()]
-            self._running = len(batch)
+            self._running = self._last_batch_size = len(batch)
             return batch
+
+    def _take_compatible(self, batch: list[Job]) -> None:
+        """Move waiting generations with the first job's settings into `batch` (caller holds the lock)."""
+        for other in list(self._waiting):
+            if len(batch) >= self.max_batch:
+                return
+            if other.kind == "generate" and other.settings == batch[0].settings:
+                self._waiting.remove(other)
+                batch.append(other)
 
     def _work(self) -> None:
         while True:

@@ -277,3 +277,31 @@ def test_evidence_from_index(make_client, tmp_path):
     assert "analgesic" in molecule["neighbors"][0]["annotation"]
     assert protein["neighbors"][0]["id"] == "insulin-b"
     assert chat(client, user("no entities"), max_tokens=2).json()["evidence"] == []
+
+
+def test_batch_window_merges_requests_that_arrive_just_after(tiny_model):
+    """After a shared batch, the worker waits `batch_window_s` for more requests, so closed-loop clients (each
+    sending its next request right after its answer) keep filling whole batches."""
+
+    async def scenario() -> int:
+        engine = Engine(tiny_model, max_batch=4, batch_window_s=0.5)
+        engine.start()
+        settings = GenerationSettings(max_new_tokens=2)
+        try:
+            release = threading.Event()
+            engine.submit(Job("call", asyncio.get_running_loop(), function=release.wait))
+            pair = [asyncio.ensure_future(engine.generate([Message("user", q)], settings, time.monotonic() + 60))
+                    for q in ("one", "two")]
+            await asyncio.sleep(0.05)
+            release.set()
+            await asyncio.gather(*pair)  # ran as one batch of two
+            before = engine.stats()["batches"]
+            first = asyncio.ensure_future(engine.generate([Message("user", "three")], settings, time.monotonic() + 60))
+            await asyncio.sleep(0.1)  # arrives inside the window
+            await engine.generate([Message("user", "four")], settings, time.monotonic() + 60)
+            await first
+            return engine.stats()["batches"] - before
+        finally:
+            engine.stop()
+
+    assert asyncio.run(scenario()) == 1
