@@ -178,6 +178,34 @@ def _write_run_info(run_dir: Path, config: TrainConfig, accelerator, resumed_fro
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
 
 
+RESUME_NEUTRAL = {"progress", "threads", "schedule.save_every", "schedule.eval_every", "schedule.log_every",
+                  "schedule.keep_checkpoints"}
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _warn_config_changes(run_dir: Path, config: TrainConfig) -> None:
+    """A resumed run is only an exact continuation if the config is the same: name any key that changed."""
+    import yaml
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = _flatten(yaml.safe_load(saved_path.read_text()) or {}), _flatten(config.to_dict())
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUME_NEUTRAL)
+    if changed:
+        logger.warning("resuming with a changed config (%s): the run will not equal an uninterrupted one",
+                       ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed))
+
+
 class MetricsLog:
     """Append-only JSONL metrics (main process). On resume, rows past the checkpoint are dropped first, so
     the log reads as one uninterrupted run."""
@@ -279,6 +307,7 @@ def _train(config: TrainConfig, resume: bool) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
     if checkpoint is not None:
+        _warn_config_changes(run_dir, config)
         state = load_checkpoint(checkpoint, inner, optimizer, scheduler, accelerator)
         logger.warning("resuming from %s (step %d)", checkpoint, state["step"])
     if accelerator.is_main_process:

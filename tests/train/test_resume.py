@@ -89,3 +89,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_config, train_fi
     assert json.loads((checkpoint / "state.json").read_text())["step"] == failed_step - 1
     for tensor in load_file(checkpoint / "trainable.safetensors").values():
         assert bool(tensor.isfinite().all())
+
+
+def test_resume_with_a_changed_config_names_the_keys(make_config, train_files, caplog):
+    from biomedgpt.train.config import dump_config
+    from biomedgpt.train.loop import _warn_config_changes
+
+    config = make_config("lm", train_files["corpus"])
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    _warn_config_changes(run_dir, make_config("lm", train_files["corpus"], threads=2))
+    assert "changed config" not in caplog.text  # threads do not change the result
+    _warn_config_changes(run_dir, make_config("lm", train_files["corpus"], optim={"lr": 0.5}))
+    assert "optim.lr" in caplog.text and "-> 0.5" in caplog.text
