@@ -63,7 +63,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"no metrics.jsonl in {run_dir} (is it a training run folder?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from biomedgpt.train.loop import parse_metrics
+
+    return parse_metrics(path.read_text())
 
 
 def run_plot(args) -> int:

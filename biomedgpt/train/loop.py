@@ -206,6 +206,17 @@ def _warn_config_changes(run_dir: Path, config: TrainConfig) -> None:
                        ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed))
 
 
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """JSONL rows, skipping a line cut short by a crash mid-write."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 class MetricsLog:
     """Append-only JSONL metrics (main process). On resume, rows past the checkpoint are dropped first, so
     the log reads as one uninterrupted run."""
@@ -213,9 +224,8 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, keep_until_step: int | None) -> None:
         self.path, self.enabled = path, enabled
         if enabled and keep_until_step is not None and path.is_file():
-            rows = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= keep_until_step]
-            atomic_write_text(path, "".join(row + "\n" for row in rows))
+            rows = [row for row in parse_metrics(path.read_text()) if row.get("step", 0) <= keep_until_step]
+            atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
         elif enabled and keep_until_step is None:
             atomic_write_text(path, "")
 

@@ -103,3 +103,12 @@ def test_resume_with_a_changed_config_names_the_keys(make_config, train_files, c
     assert "changed config" not in caplog.text  # threads do not change the result
     _warn_config_changes(run_dir, make_config("lm", train_files["corpus"], optim={"lr": 0.5}))
     assert "optim.lr" in caplog.text and "-> 0.5" in caplog.text
+
+
+def test_metrics_log_survives_a_line_cut_by_a_crash(tmp_path):
+    from biomedgpt.train.loop import MetricsLog, parse_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    MetricsLog(path, enabled=True, keep_until_step=2).write({"step": 3, "loss": 1.0})
+    assert [r["step"] for r in parse_metrics(path.read_text())] == [1, 2, 3]
