@@ -162,3 +162,12 @@ def test_tiny_blocks_give_the_same_entries_and_oversized_entries_are_skipped(sam
     monkeypatch.setattr(protein_qa, "_BLOCK_BYTES", 1 << 22)  # the whole entry in one block: same verdict
     monkeypatch.setattr(protein_qa, "MAX_LINE_BYTES", 1000)
     assert [e.problem for e in iter_flat_entries(flat)].count("entry is larger than 100,000 bytes") == 1
+
+
+def test_windows_line_endings_give_the_same_records(samples, tmp_path):
+    crlf = tmp_path / "P62258_crlf.txt"
+    crlf.write_bytes((samples / "P62258.txt").read_bytes().replace(b"\n", b"\r\n"))
+    _, expected, _ = _build(tmp_path, [samples / "P62258.txt"])
+    _, records, _ = _build(tmp_path, [crlf])
+    assert {k: (r.answer, r.proteins, r.metadata) for k, r in records.items()} == {
+        k: (r.answer, r.proteins, r.metadata) for k, r in expected.items()}
