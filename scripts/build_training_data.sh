@@ -83,5 +83,17 @@ step "protein QA, strict variant: train without near duplicates (5-mer identity 
     --filtered "$OUT/protein_qa_train_strict.jsonl" --drop-near > "$OUT/reports/protein_qa_train_strict.txt"
 tail -1 "$OUT/reports/protein_qa_train_strict.txt"
 
-step "done: record counts"
-wc -l "$OUT"/*.jsonl
+step "done: record counts (also in $OUT/MANIFEST.json, with sha256 checksums for model cards)"
+"$PYTHON" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+from biomedgpt.io import atomic_write_text, sha256_file
+
+out = Path(sys.argv[1])
+files = {p.name: {"records": sum(1 for line in p.open(encoding="utf-8") if line.strip()),
+                  "sha256": sha256_file(p), "role": "eval" if "_test" in p.name or "_dev" in p.name else "train"}
+         for p in sorted(out.glob("*.jsonl"))}
+atomic_write_text(out / "MANIFEST.json", json.dumps(files, indent=2) + "\n")
+for name, info in files.items():
+    print(f"{info['records']:>8,}  {info['role']:<5}  {name}")
+PY
