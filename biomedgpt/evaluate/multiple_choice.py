@@ -68,7 +68,9 @@ def letter_token_id(tokenizer, letter: str) -> int:
 def score_letters(model, records: Sequence, shots: Sequence = ()) -> list[dict[str, float]]:
     """Log-probabilities (full-vocabulary softmax) of each record's option letters at the answer position.
 
-    One right-padded forward pass for the batch; the logits of row b are read at its last prompt token.
+    One right-padded forward pass for the batch (right padding keeps every row's positions as if it were
+    alone); the logits of row b are read at its last prompt token. Only those positions go through the LM
+    head (`logits_to_keep`): the full [B, T, vocab] logits would cost more than the rest of the pass.
     Returns one `{letter: logprob}` per record.
     """
     from biomedgpt.data.collate import collate
@@ -76,9 +78,12 @@ def score_letters(model, records: Sequence, shots: Sequence = ()) -> list[dict[s
 
     examples = [build_example(model, conversation(record, shots)) for record in records]
     batch = collate(examples, model.tokenizer.pad_token_id, "right")
-    logits = model(**batch.model_inputs()).logits  # [B, T, V]
     last = batch.attention_mask.sum(dim=1) - 1  # [B] index of each row's final prompt token
-    logprobs = torch.log_softmax(logits[torch.arange(len(examples)), last.to(logits.device)].float(), dim=-1)
+    keep = torch.unique(last)  # sorted distinct positions, [K <= B]
+    logits = model(**batch.model_inputs(), logits_to_keep=keep).logits  # [B, K, V]
+    column = torch.searchsorted(keep, last)  # [B] where each row's position sits in `keep`
+    rows = logits[torch.arange(len(examples)), column.to(logits.device)]  # [B, V]
+    logprobs = torch.log_softmax(rows.float(), dim=-1)
     results = []
     for row, record in enumerate(records):
         letters = sorted(record.options)
