@@ -112,3 +112,18 @@ def test_metrics_log_survives_a_line_cut_by_a_crash(tmp_path):
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     MetricsLog(path, enabled=True, keep_until_step=2).write({"step": 3, "loss": 1.0})
     assert [r["step"] for r in parse_metrics(path.read_text())] == [1, 2, 3]
+
+
+def test_resume_finetune_lora_from_an_older_checkpoint(make_config, train_files):
+    """Exact resume for LoRA + adapters + the encoder cache: roll `latest` back to step 3 of 6 and resume."""
+    from biomedgpt.io import atomic_write_text
+
+    config = make_config("finetune", train_files["qa"], schedule={"batch_size": 3, "max_steps": 6, "save_every": 3,
+                                                                   "keep_checkpoints": 3}, optim={"lr": 1e-2})
+    straight = train(config)
+    run_dir = Path(config.output_dir)
+    straight_curve = [r["loss"] for r in _rows(run_dir)]
+    atomic_write_text(run_dir / "checkpoints" / "latest", "step-00000003\n")
+    resumed = train(config, resume=True)
+    assert abs(resumed["loss"] - straight["loss"]) <= 1e-6
+    assert [r["loss"] for r in _rows(run_dir)] == pytest.approx(straight_curve, abs=1e-6)
