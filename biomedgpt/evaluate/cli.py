@@ -120,14 +120,15 @@ def run_eval(args) -> int:
     spec = _build_spec(args, train_records)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{_slug(spec.benchmark)}--{_slug(spec.system)}"
     selected = select(records, args.limit, args.seed)
-    prepare_run_dir(out, spec, args.overwrite)  # refuse a mismatched folder before loading anything heavy
     details: dict = {}
     if args.model.startswith(BASELINE_PREFIX):
         # The nearest-neighbour pool is cleaned against the whole evaluated file, not only the sample.
         predictor = make_baseline(args.model[len(BASELINE_PREFIX):], train_records, records,
                                   multiple_choice=args.task == "mcq", seed=args.seed)
         details = dict(predictor.details)
+        prepare_run_dir(out, spec, args.overwrite)
     else:
+        prepare_run_dir(out, spec, args.overwrite)  # refuse a mismatched folder before loading the model
         predictor = _model_predictor(args, spec, train_records)
     result = evaluate(spec, selected, predictor, out, details=details)
     from biomedgpt.evaluate.report import run_markdown

@@ -102,7 +102,8 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, qa_files, capsys):
     (tmp_path / "broken.jsonl").write_text('{"id": "1", "question": "q"}\n')
     assert main(["eval", "qa", "--model", "baseline:nn", "--data", str(tmp_path / "broken.jsonl")]) == 2
     assert "broken.jsonl:1: missing field 'answer'" in capsys.readouterr().err
-    assert main(["eval", "qa", "--model", "baseline:nn", "--data", str(qa_files / "test.jsonl")]) == 2
+    assert main(["eval", "qa", "--model", "baseline:nn", "--data", str(qa_files / "test.jsonl"),
+                 "--out", str(tmp_path / "run")]) == 2
     assert "--train" in capsys.readouterr().err
 
 
