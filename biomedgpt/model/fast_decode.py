@@ -187,9 +187,9 @@ class PackedLM:
         return emb.cos().to(self.dtype)[:, None], sin.to(self.dtype)[:, None]
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache, start: int,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | None, all_positions: bool = False) -> torch.Tensor:
         """Run all layers on `x: [B, T, hidden]` whose positions are `start..start+T-1` in the cache; returns the
-        logits of the last position, `[B, vocab]` in float32.
+        logits of the last position, `[B, vocab]` in float32 (`all_positions`: of every position, `[B, T, vocab]`).
 
         `mask`: bool `[B, 1, T, start+T]` (True = attend) or None for plain causal attention without padding.
         """
@@ -210,8 +210,8 @@ class PackedLM:
             h = F.rms_norm(x, x.shape[-1:], layer.post_norm, self.eps)
             gate, up = layer.gate_up(h)
             x = x + layer.down_proj(F.silu(gate) * up)
-        last = F.rms_norm(x[:, -1], x.shape[-1:], self.final_norm, self.eps)
-        return self.lm_head(last).float()
+        last = x if all_positions else x[:, -1]
+        return self.lm_head(F.rms_norm(last, x.shape[-1:], self.final_norm, self.eps)).float()
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -325,6 +325,18 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
     if streamer is not None:
         streamer.end()
     return torch.stack(produced, dim=1)
+
+
+@torch.inference_mode()
+def score_tokens(llm, token_ids: torch.Tensor, quantize: str = "none") -> torch.Tensor:
+    """Logits of every position for unpadded `token_ids: [B, T]` → `[B, T, vocab]` float32, with the weights of
+    `quantize` (for measuring what quantization does to perplexity and next-token choices)."""
+    model = packed_lm(llm, quantize)
+    batch, steps = token_ids.shape
+    tables = model.rope_tables(torch.arange(steps)[None])
+    x = model.embed[token_ids].to(model.dtype)
+    return model.forward(x, _rope_at(*tables, torch.arange(steps).expand(batch, steps)),
+                         model.new_cache(batch, steps), 0, None, all_positions=True)
 
 
 def _rope_at(cos_all: torch.Tensor, sin_all: torch.Tensor, positions: torch.Tensor):

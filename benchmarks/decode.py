@@ -1,0 +1,257 @@
+"""Decode speed of the small preset's LM (SmolLM2-135M-Instruct): our fast loop vs HF `generate`, against the
+memory-bandwidth bound; batched throughput; cold start of `biomedgpt ask`; quality of the quantized weights.
+
+    BIOMEDGPT_CACHE=/tmp/bmcache .venv/bin/python benchmarks/decode.py            # everything (~5 min quiet)
+    .venv/bin/python benchmarks/decode.py --parts speed --repeats 5               # one part
+
+Everything in one run, engines interleaved and the best of `--repeats` kept per engine, because the machine is
+shared and noisy: compare the ratios. Results: benchmarks/results/decode.json and decode.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROMPTS = [
+    "Write a detailed essay about the history, chemistry and medical uses of aspirin.",
+    "Explain how insulin regulates blood sugar, step by step, for a first-year student.",
+    "What are enzymes? Give several examples from human digestion and describe what each one does.",
+    "Describe the structure of DNA and how it is copied when a cell divides.",
+]
+QUANT_MODES = ("none", "bf16", "int8", "int4")
+
+
+def copy_bandwidth(megabytes: int = 512, repeats: int = 10) -> float:
+    """Bytes moved per second (read + write) by a large tensor copy: the memory bound for decoding."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
+
+
+def _inputs(model, prompts):
+    from biomedgpt.data.collate import collate
+    from biomedgpt.inference import Message, build_example
+
+    examples = [build_example(model, [Message("user", p)]) for p in prompts]
+    return collate(examples, model.tokenizer.pad_token_id, "left").model_inputs()
+
+
+def _timed(model, inputs, engine, quantize, new_tokens, criteria=None) -> tuple[float, int]:
+    kwargs = dict(max_new_tokens=new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None)
+    if criteria is not None:
+        kwargs["stopping_criteria"] = criteria
+    start = time.perf_counter()
+    out = model.generate(**inputs, engine=engine, quantize=quantize, **kwargs)
+    elapsed = time.perf_counter() - start
+    produced = int((out != model.tokenizer.pad_token_id).sum()) if out.shape[0] > 1 else out.numel()
+    return elapsed, produced
+
+
+def _clock():
+    """A stopping criterion that never stops but timestamps every decode step (both engines call it once per
+    token), so decode speed is measured inside one run, without the prefill."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Clock(StoppingCriteria):
+        def __init__(self):
+            self.stamps: list[float] = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.stamps.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    clock = Clock()
+    return clock, StoppingCriteriaList([clock])
+
+
+def decode_rate(model, inputs, engine, quantize, new_tokens) -> dict:
+    """Tokens/s between the first and the last decoded token (prefill excluded), and 1 / the median step time
+    (robust to a neighbour's burst of load)."""
+    clock, criteria = _clock()
+    elapsed, produced = _timed(model, inputs, engine, quantize, new_tokens, criteria)
+    steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+    return {"tokens_per_s": len(steps) / (clock.stamps[-1] - clock.stamps[0]),
+            "median_step_tokens_per_s": 1 / statistics.median(steps), "tokens": produced, "seconds": elapsed,
+            "first_token_s": elapsed - (clock.stamps[-1] - clock.stamps[0])}
+
+
+def hf_int8_dynamic(model):
+    """The ANCHORS reference: HF generate on torch.ao dynamic int8 quantization of the LM's linear layers."""
+    import copy
+
+    quantized = copy.deepcopy(model)
+    quantized.llm = torch.ao.quantization.quantize_dynamic(quantized.llm, {torch.nn.Linear}, dtype=torch.qint8)
+    return quantized
+
+
+def bench_speed(model, args, bandwidth) -> dict:
+    from biomedgpt.model.fast_decode import packed_lm
+
+    inputs = _inputs(model, PROMPTS[:1])
+    engines = [("hf", "none", model)] + [("fast", mode, model) for mode in QUANT_MODES]
+    if args.hf_int8:
+        engines.append(("hf-int8-dynamic", "none", hf_int8_dynamic(model)))
+    for engine, mode, m in engines:  # warm-up: packs the weights, first-call allocations
+        m.generate(**inputs, engine=engine.split("-")[0], quantize=mode, max_new_tokens=4, do_sample=False)
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):
+        for engine, mode, m in engines:
+            key = f"{engine}/{mode}"
+            runs.setdefault(key, []).append(decode_rate(m, inputs, engine.split("-")[0], mode, args.new_tokens))
+    hf_best = max(r["tokens_per_s"] for r in runs["hf/none"])
+    results = {}
+    for key, rs in runs.items():
+        rates = [r["tokens_per_s"] for r in rs]
+        mode = key.split("/")[1]
+        nbytes = packed_lm(model.llm, mode).nbytes_per_token
+        best = max(rates)
+        results[key] = {
+            "best_tokens_per_s": round(best, 2), "median_tokens_per_s": round(statistics.median(rates), 2),
+            "all": [round(x, 2) for x in rates],
+            "best_median_step_tokens_per_s": round(max(r["median_step_tokens_per_s"] for r in rs), 2),
+            "tokens": [r["tokens"] for r in rs], "weight_bytes_per_token": nbytes,
+            "bound_tokens_per_s": round(bandwidth / nbytes, 1),
+            "fraction_of_bound": round(best * nbytes / bandwidth, 3),
+            "vs_hf_fp32": round(best / hf_best, 2), "first_token_s": round(min(r["first_token_s"] for r in rs), 3),
+        }
+    return results
+
+
+def bench_batches(model, args) -> dict:
+    """Aggregate new tokens/s over a batch of prompts of different lengths (left padding, per-row stopping)."""
+    results = {}
+    for engine, mode in [("fast", args.batch_mode), ("fast", "none"), ("hf", "none")]:
+        per_size = {}
+        for size in args.batch_sizes:
+            if engine == "hf" and size > 8:
+                continue  # slow; the anchor compares HF at batch 8
+            prompts = [PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)) for i in range(size)]
+            inputs = _inputs(model, prompts)
+            best = 0.0
+            for _ in range(args.repeats):
+                elapsed, produced = _timed(model, inputs, engine, mode, args.batch_new_tokens)
+                best = max(best, produced / elapsed)
+            per_size[size] = round(best, 1)
+        base = per_size[min(per_size)]
+        results[f"{engine}/{mode}"] = {"tokens_per_s": per_size,
+                                       "vs_batch_1": {k: round(v / base, 2) for k, v in per_size.items()}}
+    return results
+
+
+def bench_cold_start(args) -> dict:
+    """Wall time of a new `biomedgpt ask --model small` process (LM conversion already cached)."""
+    exe = [sys.executable, "-m", "biomedgpt", "ask", "--model", "small", "--timing"]
+    results = {}
+    for label, extra in [("first_token", ["--max-new-tokens", "1"]), ("answer_32_tokens", ["--max-new-tokens", "32"])]:
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            subprocess.run(exe + extra + ["What is aspirin used for?"], check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        results[label] = {"best_s": round(min(times), 2), "median_s": round(statistics.median(times), 2)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "biomedgpt", "--help"], check=True, capture_output=True)
+    results["help_s"] = round(time.perf_counter() - start, 2)
+    return results
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown tables (what docs/performance.md quotes)."""
+    lines = ["# Decode benchmark (small preset, SmolLM2-135M-Instruct)\n", f"Command: `{report['command']}`  ",
+             f"Machine: {report['machine']}  ",
+             f"Copy bandwidth (read + write): {report['copy_bandwidth_GBps']} GB/s\n"]
+    if "batch1_decode" in report:
+        lines += ["## Batch 1 decode (prefill excluded; best of repeats, interleaved)\n",
+                  "| engine/weights | tokens/s (best) | median | 1/median step | × HF fp32 | weight MB/token "
+                  "| bound tokens/s | of bound |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, r in report["batch1_decode"].items():
+            lines.append(f"| {key} | {r['best_tokens_per_s']} | {r['median_tokens_per_s']} | "
+                         f"{r['best_median_step_tokens_per_s']} | {r['vs_hf_fp32']} | "
+                         f"{r['weight_bytes_per_token'] / 1e6:.0f} | {r['bound_tokens_per_s']} | "
+                         f"{r['fraction_of_bound']:.0%} |")
+    if "batched" in report:
+        sizes = report["batched"]["fast/none"]["tokens_per_s"]
+        lines += ["\n## Aggregate new tokens/s by batch size (prompts of different lengths)\n",
+                  "| engine/weights | " + " | ".join(f"batch {k}" for k in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for key, r in report["batched"].items():
+            cells = [f"{v} ({r['vs_batch_1'][k]}×)" for k, v in r["tokens_per_s"].items()]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    if "quality" in report:
+        lines += ["\n## Quality of the quantized weights vs fp32\n",
+                  f"Setup: {report['quality']['setup']}\n",
+                  "| weights | perplexity | change | top-1 agreement | greedy tokens equal to fp32 (per prompt) |",
+                  "|---|---|---|---|---|"]
+        for mode, r in report["quality"].items():
+            if mode != "setup":
+                lines.append(f"| {mode} | {r['perplexity']} | {r['perplexity_change']:+.2%} | "
+                             f"{r['top1_agreement']:.2%} | {r['greedy_prefix_agreement']} |")
+    if "cold_start" in report:
+        c = report["cold_start"]
+        lines += ["\n## Cold start (new process, LM conversion cached)\n", "| what | best s | median s |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {v['best_s']} | {v['median_s']} |" for k, v in c.items() if isinstance(v, dict)]
+        lines.append(f"| biomedgpt --help | {c['help_s']} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="speed,batch,cold,quality")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--batch-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-mode", default="int8")
+    parser.add_argument("--hf-int8", action="store_true", help="also time HF generate on torch.ao dynamic int8")
+    parser.add_argument("--out", default=str(RESULTS / "decode.json"))
+    args = parser.parse_args()
+    args.batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+    parts = set(args.parts.split(","))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from biomedgpt.io import atomic_write_text
+    from biomedgpt.model.biomedgpt import BioMedGPT
+
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "load_average_start": os.getloadavg()},
+              "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    model = BioMedGPT.from_preset("small")
+    bandwidth = copy_bandwidth()
+    report["copy_bandwidth_GBps"] = round(bandwidth / 1e9, 1)
+    if "speed" in parts:
+        report["batch1_decode"] = bench_speed(model, args, bandwidth)
+    if "batch" in parts:
+        report["batched"] = bench_batches(model, args)
+    if "quality" in parts:
+        from decode_quality import quality_report  # benchmarks/ is on sys.path when this file runs
+
+        report["quality"] = quality_report(model, _inputs(model, PROMPTS))
+    if "cold" in parts:
+        report["cold_start"] = bench_cold_start(args)
+    report["machine"]["load_average_end"] = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".md"), markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
