@@ -34,3 +34,6 @@ DEFAULT_BASE_LM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Environment variables the package reads (never writes).
 ENV_CACHE_DIR = "BIOMEDGPT_CACHE"
 ENV_MODEL = "BIOMEDGPT_MODEL"
+
+# A model folder may ship a nearest-neighbour index of its training pool: the evidence shown beside answers.
+EVIDENCE_INDEX_NAME = "index.json.gz"

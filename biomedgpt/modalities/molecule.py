@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from biomedgpt.errors import InvalidSmilesError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so text-only tools stay light
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ def parse_smiles(smiles: str):
                 try:
                     Chem.SanitizeMol(mol)
                     mol = Chem.RemoveHs(mol)  # as MolFromSmiles' default: explicit [H] atoms are not graph nodes
+                    Chem.AssignStereochemistry(mol, cleanIt=True, force=True)  # as MolFromSmiles: E/Z, R/S
                 except Exception as err:  # RDKit raises several sanitization exception types
                     handler.messages.append(str(err))
                     mol = None
@@ -156,6 +159,8 @@ def _bond_features(bond) -> tuple[int, int]:
 def smiles_to_graph(smiles: str, max_atoms: int = DEFAULT_MAX_ATOMS) -> MoleculeGraph:
     """Featurize one SMILES. Molecules with more than `max_atoms` heavy atoms keep their first `max_atoms`
     atoms (and the bonds among them), with a warning, so that one huge input cannot exhaust memory."""
+    import torch
+
     mol = parse_smiles(smiles)
     atoms = [_atom_features(atom) for atom in mol.GetAtoms()]
     if len(atoms) > max_atoms:
@@ -180,6 +185,8 @@ def smiles_to_graph(smiles: str, max_atoms: int = DEFAULT_MAX_ATOMS) -> Molecule
 
 def batch_graphs(graphs: list[MoleculeGraph]) -> MoleculeBatch:
     """Merge graphs into one disconnected graph, offsetting edge indices (the PyG `Batch` idea, without PyG)."""
+    import torch
+
     if not graphs:
         raise ValueError("batch_graphs needs at least one molecule")
     offsets = torch.tensor([0] + [g.num_atoms for g in graphs[:-1]]).cumsum(0)

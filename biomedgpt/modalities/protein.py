@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from biomedgpt.errors import InvalidSequenceError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so text-only tools stay light
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ def tokenize_sequence(sequence: str) -> list[int]:
 
 def batch_sequences(sequences: list[str]) -> ProteinBatch:
     """Tokenise normalised sequences and right-pad them into one batch."""
+    import torch
+
     if not sequences:
         raise ValueError("batch_sequences needs at least one protein")
     token_lists = [tokenize_sequence(s) for s in sequences]

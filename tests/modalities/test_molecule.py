@@ -81,3 +81,17 @@ def test_batch_graphs_offsets_edges():
 
 def test_canonical_smiles():
     assert canonical_smiles("OCC") == canonical_smiles("C(O)C") == "CCO"
+
+
+@pytest.mark.parametrize("smiles", ["F/C=C/F", "C[C@H](N)O", "[H]OC([H])([H])[H]", "C/C=C\\C[C@@H](Cl)Br",
+                                    "CC(=O)Oc1ccccc1C(=O)O", "[2H]C([2H])Cl", "C1CC[C@H]2CCCC[C@@H]2C1"])
+def test_parsing_matches_rdkit_default_molfromsmiles(smiles):
+    """Same atoms, chirality tags and stereo (hence InChIKey) as RDKit's default parse, which GraphMVP used."""
+    from rdkit import Chem
+
+    from biomedgpt.modalities.molecule import parse_smiles
+
+    ours, reference = parse_smiles(smiles), Chem.MolFromSmiles(smiles)
+    assert Chem.MolToSmiles(ours) == Chem.MolToSmiles(reference)
+    assert Chem.MolToInchiKey(ours) == Chem.MolToInchiKey(reference)
+    assert [a.GetChiralTag() for a in ours.GetAtoms()] == [a.GetChiralTag() for a in reference.GetAtoms()]
