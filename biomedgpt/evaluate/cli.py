@@ -20,7 +20,7 @@ baseline:random. Re-running the same command resumes an interrupted run.
 def register(subparsers) -> None:
     ev = subparsers.add_parser("eval", help="evaluate a model or baseline on a benchmark (resumable)",
                                description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("task", choices=("qa", "mcq"), help="qa (free text) or mcq (multiple choice)")
+    ev.add_argument("task", choices=("qa", "mcq"), metavar="TASK", help="qa (free text) or mcq (multiple choice)")
     ev.add_argument("--model", required=True,
                     help="model folder, preset (tiny, small, biomedgpt-10b) or baseline:nn|majority|random")
     ev.add_argument("--data", required=True, help="JSONL records to evaluate (QA or multiple-choice schema)")
@@ -77,7 +77,7 @@ def _build_spec(args, train_records):
         benchmark=args.benchmark or Path(args.data).stem,
         train=str(Path(args.train).resolve()) if args.train else None, train_sha256=_sha256(args.train),
         limit=args.limit, seed=args.seed,
-        protocol=args.protocol if args.task == "mcq" and not is_baseline else None,
+        protocol=None if is_baseline else (args.protocol if args.task == "mcq" else "generate"),
         shots=args.shots if args.task == "mcq" and not is_baseline else 0,
         generation=generation, batch_size=args.batch_size,
     )

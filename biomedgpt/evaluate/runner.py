@@ -48,7 +48,7 @@ class RunSpec:
     train_sha256: str | None = None
     limit: int | None = None
     seed: int = 0
-    protocol: str | None = None  # mcq with a model: "logprob" or "generate"
+    protocol: str | None = None  # models: "generate" (qa), "logprob" or "generate" (mcq); baselines: None
     shots: int = 0
     generation: dict = field(default_factory=dict)
     batch_size: int = 8

@@ -126,7 +126,7 @@ def test_tiny_model_mcq_both_protocols_and_qa(tiny_model_dir, mcq_file, qa_files
     rows = {json.loads(x)["id"]: json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()}
     assert "C1CC" in rows["bad"]["error"] and rows["bad"]["prediction"] == ""
     assert "error" not in rows["prot"] and "error" not in rows["e0"]
-    assert _metrics(out)["metrics"]["errors"] == 1
+    assert _metrics(out)["metrics"]["errors"] == 1 and _metrics(out)["protocol"] == "generate"
 
 
 def test_report_merges_runs_with_anchors_and_draws_a_png(qa_files, mcq_file, tmp_path, capsys):
