@@ -93,6 +93,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     cache_encoder_outputs: bool = True  # frozen encoders run once per molecule/protein, then hit the cache
     cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cache_prompt_prefix: bool = True  # frozen LM: run the prompt prefix all rows share once, as a KV cache
     group_by_length: bool = True  # batches of similar length waste less compute on padding
     progress: bool = True
     threads: int | None = None  # torch CPU threads per process (None: torch's default); 1 is fastest for tiny models

@@ -182,13 +182,28 @@ def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torc
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
-class CausalLMObjective(nn.Module):
-    """Next-token loss of BioMedGPT on a `TextBatch`. `cache` (optional) replaces the frozen encoders."""
+def _cache_kwarg(decoder: nn.Module) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` in the decoder's forward."""
+    import inspect
 
-    def __init__(self, model, cache: EncoderCache | None = None) -> None:
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+class CausalLMObjective(nn.Module):
+    """Next-token loss of BioMedGPT on a `TextBatch`. `cache` (optional) replaces the frozen encoders.
+
+    With `frozen_lm_prefix` (only valid while the LM's weights are frozen), the prompt tokens that every row of
+    a batch shares before its first placeholder (system prompt, template) are run once, without gradient, and
+    reused as a KV cache: nothing trainable can influence them, so the loss is the same, for less compute."""
+
+    MIN_PREFIX = 8
+
+    def __init__(self, model, cache: EncoderCache | None = None, frozen_lm_prefix: bool = False) -> None:
         super().__init__()
         self.model = model
         self.cache = cache
+        self.frozen_lm_prefix = frozen_lm_prefix
+        self._prefixes: dict[tuple[int, ...], object] = {}
 
     def _features(self, batch: TextBatch, device: torch.device):
         model = self.model
@@ -211,17 +226,54 @@ class CausalLMObjective(nn.Module):
             protein_features = model.proj_prot(raw.to(model.proj_prot.weight.dtype))
         return molecule_features, protein_features
 
+    def _shared_prefix(self, input_ids: torch.Tensor, labels: torch.Tensor) -> int:
+        """Length of the prefix identical in every row, free of placeholders and ending before the position
+        that predicts the first target (0 when too short to be worth it)."""
+        if not self.frozen_lm_prefix:
+            return 0
+        predicts_target = torch.zeros_like(labels, dtype=torch.bool)
+        predicts_target[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        stop = (input_ids < 0) | (input_ids != input_ids[:1]) | predicts_target
+        first = torch.where(stop.any(0), stop.float().argmax(1).min(), torch.tensor(input_ids.shape[1]))
+        length = min(int(first.min()), input_ids.shape[1] - 1)
+        return length if length >= self.MIN_PREFIX else 0
+
+    def _prefix_cache(self, decoder: nn.Module, prefix_ids: torch.Tensor, rows: int):
+        """The KV cache of `prefix_ids` ([1, P]), computed once per distinct prefix, repeated for `rows`."""
+        import copy
+
+        key = tuple(prefix_ids[0].tolist())
+        if key not in self._prefixes:
+            if len(self._prefixes) >= 16:
+                self._prefixes.clear()
+            with torch.no_grad():
+                embeds = self.model.llm.get_input_embeddings()(prefix_ids)
+                self._prefixes[key] = decoder(inputs_embeds=embeds, use_cache=True).past_key_values
+        cache = copy.deepcopy(self._prefixes[key])
+        cache.batch_repeat_interleave(rows)
+        return cache
+
     def forward(self, batch: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
         device = model.device
         input_ids = batch.input_ids.to(device)
+        attention_mask = batch.attention_mask.to(device)
         molecule_features, protein_features = self._features(batch, device)
         embeds = model.embed(input_ids, molecule_features=molecule_features, protein_features=protein_features)
         llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-        hidden = llm.get_decoder()(
-            inputs_embeds=embeds, attention_mask=batch.attention_mask.to(device), use_cache=False
-        ).last_hidden_state  # [B, T, H]
-        targets = batch.labels.to(device)[:, 1:]
+        decoder = llm.get_decoder()
+        labels = batch.labels.to(device)
+        start = self._shared_prefix(input_ids, labels)
+        if start:
+            rows, width = input_ids.shape
+            positions = torch.arange(start, width, device=device).unsqueeze(0).expand(rows, -1)
+            cache = self._prefix_cache(decoder, input_ids[:1, :start], rows)
+            hidden = decoder(inputs_embeds=embeds[:, start:], attention_mask=attention_mask, position_ids=positions,
+                             use_cache=True, **{_cache_kwarg(decoder): cache}).last_hidden_state  # [B, T - P, H]
+        else:
+            hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        # Position t predicts token t + 1; prefix positions never have a target (they precede every answer).
+        targets = labels[:, start + 1 :]
         keep = targets != IGNORE_INDEX
         logits = llm.get_output_embeddings()(hidden[:, :-1][keep])  # [targets, vocab]
         return token_cross_entropy_sum(logits, targets[keep]), keep.sum()

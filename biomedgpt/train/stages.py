@@ -151,7 +151,10 @@ def _prepare_text_stage(config: TrainConfig, model) -> Prepared:
     use_cache = config.cache_encoder_outputs and not config.trainable.encoders and config.stage != "lm"
     cache = EncoderCache(model, getattr(torch, config.cache_dtype)) if use_cache else None
     finalize = _merge_lora(model) if config.trainable.lm == "lora" else (lambda run_dir: None)
-    return Prepared(model, CausalLMObjective(model, cache), train_set, val_set, frozen, cache, finalize)
+    # The shared-prefix KV cache needs frozen LM weights and the decoder's own cache (off under checkpointing).
+    prefix = config.cache_prompt_prefix and config.trainable.lm == "frozen" and not config.gradient_checkpointing
+    objective = CausalLMObjective(model, cache, frozen_lm_prefix=prefix)
+    return Prepared(model, objective, train_set, val_set, frozen, cache, finalize)
 
 
 def _prepare_encoder_stage(config: TrainConfig, model) -> Prepared:
