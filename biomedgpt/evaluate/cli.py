@@ -62,7 +62,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def _build_spec(args, train_records):
+def _build_spec(args):
     from biomedgpt.evaluate.runner import RunSpec
 
     is_baseline = args.model.startswith("baseline:")
@@ -83,7 +83,7 @@ def _build_spec(args, train_records):
     )
 
 
-def _model_predictor(args, spec, train_records):
+def _model_predictor(args, spec, records, train_records):
     import torch
     import transformers
 
@@ -98,7 +98,7 @@ def _model_predictor(args, spec, train_records):
     settings = GenerationSettings(**spec.generation, seed=spec.seed) if spec.generation else None
     if spec.task == "qa":
         return predictors.GenerateAnswers(model, settings)
-    shots = pick_shots(train_records, spec.shots, spec.seed)
+    shots = pick_shots(train_records, spec.shots, spec.seed, evaluated=records)
     if spec.protocol == "logprob":
         return predictors.LetterLogprob(model, shots)
     return predictors.GenerateLetters(model, settings, shots)
@@ -117,7 +117,7 @@ def run_eval(args) -> int:
         raise UserError(f"training file not found: {args.train}")
     records = load_records(args.task, args.data)
     train_records = load_records(args.task, args.train) if args.train else []
-    spec = _build_spec(args, train_records)
+    spec = _build_spec(args)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{_slug(spec.benchmark)}--{_slug(spec.system)}"
     selected = select(records, args.limit, args.seed)
     details: dict = {}
@@ -129,7 +129,7 @@ def run_eval(args) -> int:
         prepare_run_dir(out, spec, args.overwrite)
     else:
         prepare_run_dir(out, spec, args.overwrite)  # refuse a mismatched folder before loading the model
-        predictor = _model_predictor(args, spec, train_records)
+        predictor = _model_predictor(args, spec, records, train_records)
     result = evaluate(spec, selected, predictor, out, details=details)
     from biomedgpt.evaluate.report import run_markdown
 

@@ -36,12 +36,16 @@ def format_question(record) -> str:
     return "\n".join(parts)
 
 
-def pick_shots(train: Sequence, shots: int, seed: int) -> list:
-    """`shots` training records drawn with `seed` (the same for the whole run)."""
+def pick_shots(train: Sequence, shots: int, seed: int, evaluated: Sequence = ()) -> list:
+    """`shots` training records drawn with `seed` (the same for the whole run), never one whose question
+    (case- and space-insensitive) is also among the `evaluated` records."""
     if shots <= 0:
         return []
+    seen = {" ".join(r.question.lower().split()) for r in evaluated}
+    train = [r for r in train if " ".join(r.question.lower().split()) not in seen]
     if len(train) < shots:
-        raise UserError(f"{shots}-shot prompts need at least {shots} training records (--train), got {len(train)}")
+        raise UserError(f"{shots}-shot prompts need at least {shots} training records (--train) whose question "
+                        f"is not evaluated, got {len(train)}")
     return random.Random(seed).sample(list(train), shots)
 
 

@@ -31,8 +31,9 @@ PREDICTIONS = "predictions.jsonl"
 RUN_SPEC = "run.json"
 METRICS = "metrics.json"
 METRICS_MD = "metrics.md"
-# Settings that may change between a run and its resumption without changing any prediction.
-RESUMABLE_CHANGES = ("batch_size",)
+# Settings that may change between a run and its resumption without changing any prediction (the files are
+# identified by their sha256, so a moved checkout still resumes).
+RESUMABLE_CHANGES = ("batch_size", "data", "train")
 
 
 @dataclass

@@ -108,10 +108,13 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, qa_files, capsys):
 
 
 def test_tiny_model_mcq_both_protocols_and_qa(tiny_model_dir, mcq_file, qa_files, tmp_path):
+    train = [MCQRecord(id=f"t{i}", question=f"Training question {i}?", options={"A": "yes", "B": "no"}, answer="A")
+             for i in range(3)]
+    write_jsonl(tmp_path / "mcq_train.jsonl", train)
     for protocol in ("logprob", "generate"):
         out = tmp_path / protocol
         assert main(["eval", "mcq", "--model", str(tiny_model_dir), "--data", str(mcq_file), "--protocol", protocol,
-                     "--shots", "1", "--train", str(mcq_file), "--limit", "4", "--batch-size", "2",
+                     "--shots", "1", "--train", str(tmp_path / "mcq_train.jsonl"), "--limit", "4", "--batch-size", "2",
                      "--max-new-tokens", "3", "--out", str(out)]) == 0
         result = _metrics(out)
         assert result["protocol"] == protocol and result["metrics"]["n"] == 4

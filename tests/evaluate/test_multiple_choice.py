@@ -51,6 +51,11 @@ def test_few_shot_conversation_and_prompt():
     assert text.startswith("Context: Observations") and "A. yes\nB. no\nC. maybe" in text
     with pytest.raises(UserError, match="at least 5"):
         mc.pick_shots(RECORDS, 5, seed=0)
+    # a training question that is also evaluated is never a shot (the test file passed as --train, say)
+    for seed in range(20):
+        assert RECORDS[0] not in mc.pick_shots(RECORDS, 2, seed=seed, evaluated=[RECORDS[0]])
+    with pytest.raises(UserError, match="at least 3"):
+        mc.pick_shots(RECORDS, 3, seed=0, evaluated=[RECORDS[2]])
 
 
 @pytest.mark.parametrize("text, expected", [
