@@ -155,6 +155,7 @@ def main() -> None:
 
     from biomedgpt.inference import load_model
 
+    started, load_at_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()[0]
     model = load_model(args.model)
     # The plain loop runs before and after the server (other processes may share the CPU: the mean of the two
     # is the reference for the ratios).
@@ -176,9 +177,9 @@ def main() -> None:
             "before_tokens_per_s": before["tokens_per_s"], "after_tokens_per_s": after["tokens_per_s"]}
     base["tokens_per_s"] = base["tokens"] / base["wall_s"]
     result = {"model": args.model, "max_tokens": args.max_tokens, "max_batch": args.max_batch, "threads": args.threads,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                                time.gmtime()),
-              "load_average_at_start": os.getloadavg()[0], "plain_loop": base, "server": runs, "stream": ttft,
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": started,
+              "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()[0],
+              "plain_loop": base, "server": runs, "stream": ttft,
               "command": " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]])}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -190,8 +191,9 @@ def markdown(result: dict) -> str:
     base = result["plain_loop"]
     lines = [f"# Server load: `{result['model']}`, greedy, max_tokens {result['max_tokens']}, "
              f"max_batch {result['max_batch']}, threads {result['threads'] or 'default'}", "",
-             f"{result['machine']}, {result['date']} (1-min load average at start: "
-             f"{result['load_average_at_start']:.1f}). Command: `{result['command']}`", "",
+             f"{result['machine']}, started {result['date']} (1-min load average {result['load_average_at_start']:.1f} "
+             f"at the start, {result['load_average_at_end']:.1f} at the end: other processes shared the CPU). "
+             f"Command: `{result['command']}`", "",
              "| setup | requests | mean batch | requests/s | p50 latency (s) | p95 latency (s) | generated tokens/s "
              "| vs plain loop |",
              "|---|---|---|---|---|---|---|---|",
