@@ -120,6 +120,8 @@ def settings_from(request: ChatCompletionRequest, cfg: ServerConfig) -> Generati
         repetition_penalty=request.repetition_penalty or cfg.default_repetition_penalty,
         stop=stop,
         seed=request.seed,
+        engine=cfg.engine,
+        quantize=cfg.quantize,
     )
 
 

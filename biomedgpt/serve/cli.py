@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-tokens-limit", type=int, default=512, help="highest max_tokens a client may ask")
     parser.add_argument("--max-prompt-tokens", type=int, default=2048)
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    parser.add_argument("--engine", choices=("fast", "hf"), default=None,
+                        help="decode loop for every request (default: the inference default, see docs/performance.md)")
+    parser.add_argument("--quantize", choices=("none", "bf16", "int8", "int4"), default=None,
+                        help="LM weight precision for the fast engine (default none)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the model (OMP_NUM_THREADS; default: torch's choice, one per core); "
                              "1 is much faster when other processes keep the cores busy")
@@ -77,7 +81,7 @@ def run_serve(args) -> int:
             cors_origins=list(args.cors_origin), max_queue=args.max_queue, max_batch=args.max_batch,
             request_timeout_s=args.timeout, max_tokens_limit=args.max_tokens_limit,
             max_prompt_tokens=args.max_prompt_tokens,
-            max_body_bytes=args.max_body_bytes)
+            max_body_bytes=args.max_body_bytes, engine=args.engine, quantize=args.quantize)
     except ValueError as err:
         raise UserError(str(err)) from None
     index = load_index(args.index) if args.index else None

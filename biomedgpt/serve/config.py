@@ -26,6 +26,8 @@ class ServerConfig:
     max_embedding_inputs: int = 64
     # Generation defaults (clients override per request).
     default_repetition_penalty: float = 1.1  # as `biomedgpt ask`: > 1 discourages loops in small models
+    engine: str | None = None  # decode loop for every request ("fast" / "hf"; None: the inference default)
+    quantize: str | None = None  # LM weights for the fast loop ("none", "bf16", "int8", "int4"; None: default)
     evidence_k: int = 3  # neighbours per entity when an index is loaded
 
     def __post_init__(self) -> None:
@@ -33,6 +35,10 @@ class ServerConfig:
                      "default_max_tokens", "max_entities", "max_embedding_inputs", "evidence_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.engine is not None or self.quantize is not None:
+            from biomedgpt.inference import GenerationSettings
+
+            GenerationSettings(engine=self.engine, quantize=self.quantize)  # raises ValueError naming the bad one
         if self.batch_window_s < 0:
             raise ValueError(f"ServerConfig.batch_window_s must be >= 0, got {self.batch_window_s}")
         if self.request_timeout_s <= 0:

@@ -305,3 +305,9 @@ def test_batch_window_merges_requests_that_arrive_just_after(tiny_model):
             engine.stop()
 
     assert asyncio.run(scenario()) == 1
+
+
+@pytest.mark.parametrize("options", [{"engine": "hf"}, {"quantize": "int8"}])
+def test_server_wide_decode_options(make_client, options):
+    response = chat(make_client(**options), user(f"<molecule>{ASPIRIN}</molecule> What?"), max_tokens=4)
+    assert response.status_code == 200, response.text

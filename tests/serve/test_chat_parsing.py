@@ -73,3 +73,10 @@ def test_unsupported_or_over_limit_settings_are_400(fields, param):
     with pytest.raises(APIError) as caught:
         settings_from(request(**fields), ServerConfig(max_tokens_limit=100))
     assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_server_wide_engine_and_quantize():
+    settings = settings_from(request(), ServerConfig(engine="hf", quantize="none"))
+    assert (settings.engine, settings.quantize) == ("hf", "none")
+    with pytest.raises(ValueError, match="quantize"):
+        ServerConfig(quantize="int3")
