@@ -1,6 +1,7 @@
 """Training throughput and memory, measured with the real training loop.
 
-    .venv/bin/python benchmarks/train_throughput.py align-cache   # align samples/s with vs without the cache
+    .venv/bin/python benchmarks/train_throughput.py align-cache   # align samples/s with vs without the caches
+    .venv/bin/python benchmarks/train_throughput.py align-step    # align step cost per cache mode, interleaved
     .venv/bin/python benchmarks/train_throughput.py lm            # SmolLM2-135M lm-stage tokens/s vs matmul FLOP/s
     .venv/bin/python benchmarks/train_throughput.py memory        # stage 2 of BioMedGPT-10B: GPU memory per device
 
@@ -110,6 +111,60 @@ def bench_align_cache(args) -> None:
     _write("align_cache" + (f"_threads{args.threads}" if args.threads else ""), result, md)
 
 
+def bench_align_step(args) -> None:
+    """Seconds per align training step (forward + backward, frozen LM) for each cache mode, measured in one
+    process on the same batches with the modes interleaved round by round, so a change in machine load hits
+    every mode alike. The caches are warmed first (steady state: epoch 2 onwards)."""
+    import statistics
+
+    from biomedgpt.inference import load_model
+    from biomedgpt.train.datasets import QAExamples
+    from biomedgpt.train.objectives import CausalLMObjective, EncoderCache
+
+    model = load_model("small")
+    model.requires_grad_(False)
+    for adapter in (model.proj_mol, model.proj_prot):
+        adapter.requires_grad_(True)
+    model.train()
+    for encoder in (model.mol_structure_encoder, model.prot_structure_encoder):
+        encoder.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = QAExamples.from_files([str(_align_data(Path(tmp), args.records // 2))], model, 512, None)
+    batches = [data.collate(list(range(i, i + args.batch)), 1) for i in range(0, len(data) - args.batch + 1,
+                                                                            args.batch)]
+    cache = EncoderCache(model)
+    modes = {"encoder cache + prompt-prefix cache": CausalLMObjective(model, cache, frozen_lm_prefix=True),
+             "encoder cache only": CausalLMObjective(model, cache),
+             "no cache": CausalLMObjective(model)}
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for round_index in range(args.rounds + 1):  # round 0 warms the caches and is not counted
+        for mode, objective in modes.items():
+            for batch in batches:
+                start = time.perf_counter()
+                loss, _ = objective(batch)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                if round_index:
+                    times[mode].append(time.perf_counter() - start)
+    median = {mode: statistics.median(values) for mode, values in times.items()}
+    samples = {mode: args.batch / value for mode, value in median.items()}
+    result = {"machine": _machine(), "model": "small", "records": len(data), "batch_size": args.batch,
+              "threads": torch.get_num_threads(), "rounds": args.rounds, "seconds_per_step": times,
+              "median_seconds_per_step": median, "samples_per_s": samples,
+              "speedup_vs_no_cache": {mode: median["no cache"] / value for mode, value in median.items()}}
+    md = ("# align step cost by cache mode (small preset, frozen LM, CPU)\n\n"
+          f"{len(data)} QA records (half molecule, half protein <= 200 residues) in batches of {args.batch}; "
+          f"forward + backward; modes interleaved over {args.rounds} rounds after a warm-up round; "
+          f"threads {torch.get_num_threads()}.\n\n| mode | median s/step | samples/s | vs no cache |\n"
+          "|---|---|---|---|\n"
+          + "".join(f"| {mode} | {median[mode]:.2f} | {samples[mode]:.3f} | "
+                    f"{result['speedup_vs_no_cache'][mode]:.2f}x |\n" for mode in modes)
+          + f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared).\n"
+          "Command: `.venv/bin/python benchmarks/train_throughput.py align-step"
+          + (f" --threads {args.threads}" if args.threads else "") + "`\n")
+    _write("align_step" + (f"_threads{args.threads}" if args.threads else ""), result, md)
+
+
 # ---------------------------------------------------------------------------------------------- lm tokens/s
 def measure_matmul_flops(size: int = 1024, seconds: float = 5.0) -> float:
     """fp32 FLOP/s of square matmuls with torch's default threads (the machine's practical peak)."""
@@ -184,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     align.add_argument("--batch", type=int, default=4)
     align.add_argument("--repeats", type=int, default=2)
     align.set_defaults(func=bench_align_cache)
+    step = sub.add_parser("align-step")
+    step.add_argument("--records", type=int, default=8)
+    step.add_argument("--batch", type=int, default=4)
+    step.add_argument("--rounds", type=int, default=4)
+    step.set_defaults(func=bench_align_step)
     lm = sub.add_parser("lm")
     lm.add_argument("--batch", type=int, default=8)
     lm.add_argument("--seq", type=int, default=128)
@@ -193,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     memory.add_argument("--batch", type=int, default=4)
     memory.add_argument("--seq", type=int, default=1024)
     memory.set_defaults(func=bench_memory)
-    for command in (align, lm):
+    for command in (align, step, lm):
         command.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
     if args.threads:

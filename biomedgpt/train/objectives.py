@@ -248,7 +248,8 @@ class CausalLMObjective(nn.Module):
                 self._prefixes.clear()
             with torch.no_grad():
                 embeds = self.model.llm.get_input_embeddings()(prefix_ids)
-                self._prefixes[key] = decoder(inputs_embeds=embeds, use_cache=True).past_key_values
+                output = decoder(inputs_embeds=embeds, use_cache=True)
+                self._prefixes[key] = getattr(output, _cache_kwarg(decoder))
         cache = copy.deepcopy(self._prefixes[key])
         cache.batch_repeat_interleave(rows)
         return cache
