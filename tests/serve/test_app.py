@@ -311,3 +311,17 @@ def test_batch_window_merges_requests_that_arrive_just_after(tiny_model):
 def test_server_wide_decode_options(make_client, options):
     response = chat(make_client(**options), user(f"<molecule>{ASPIRIN}</molecule> What?"), max_tokens=4)
     assert response.status_code == 200, response.text
+
+
+def test_stream_past_its_deadline_ends_with_an_error_event(make_client):
+    client = make_client(request_timeout_s=0.5)
+    release = block_worker(client)
+    try:
+        with client.stream("POST", "/v1/chat/completions",
+                           json={"model": MODEL_ID, "messages": user("slow"), "stream": True}) as response:
+            assert response.status_code == 200  # the queue had room: the stream started before the deadline
+            events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    finally:
+        release.set()
+    assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(events[-1])["error"]["code"] == "timeout" and "[DONE]" not in events
