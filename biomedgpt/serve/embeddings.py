@@ -21,6 +21,7 @@ from biomedgpt.serve.config import ServerConfig
 from biomedgpt.serve.errors import APIError
 from biomedgpt.serve.schemas import EmbeddingRequest
 
+MAX_POSITIONS_PER_FORWARD = 8192  # padded positions (inputs x longest) per encoder call
 _WHOLE_TAG_RE = re.compile(r"^\s*<(molecule|protein)>(.*)</\1>\s*$", re.DOTALL | re.IGNORECASE)
 
 
@@ -115,13 +116,26 @@ def _text_vectors(model, texts: list[str]) -> torch.Tensor:
     return (hidden.float() * weights).sum(1) / weights.sum(1)  # [T, hidden]
 
 
+def _groups(rows: list[int], inputs: list[EmbeddingInput], budget: int = MAX_POSITIONS_PER_FORWARD) -> list[list[int]]:
+    """Split rows into consecutive groups whose padded size (rows x longest) stays within `budget` positions, so
+    64 long proteins never become one forward pass with gigabytes of attention scores."""
+    groups: list[list[int]] = []
+    for row in rows:
+        group = groups[-1] if groups else None
+        if group and (len(group) + 1) * max(inputs[r].tokens for r in [*group, row]) <= budget:
+            group.append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
 def compute_embeddings(model, inputs: list[EmbeddingInput]) -> list[torch.Tensor]:
-    """Vectors in input order (each kind computed as one batch); run on the model worker thread."""
+    """Vectors in input order (each kind in batches of bounded size); run on the model worker thread."""
     vectors: list[torch.Tensor | None] = [None] * len(inputs)
     for kind, encode in (("molecule", _molecule_vectors), ("protein", _protein_vectors), ("text", _text_vectors)):
         rows = [i for i, item in enumerate(inputs) if item.kind == kind]
-        if rows:
-            for row, vector in zip(rows, encode(model, [inputs[i].value for i in rows])):
+        for group in _groups(rows, inputs):
+            for row, vector in zip(group, encode(model, [inputs[i].value for i in group])):
                 vectors[row] = torch.nn.functional.normalize(vector, dim=0).cpu()
     return vectors
 

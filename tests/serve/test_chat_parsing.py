@@ -80,3 +80,12 @@ def test_server_wide_engine_and_quantize():
     assert (settings.engine, settings.quantize) == ("hf", "none")
     with pytest.raises(ValueError, match="quantize"):
         ServerConfig(quantize="int3")
+
+
+def test_embedding_groups_bound_the_padded_size():
+    from biomedgpt.serve.embeddings import EmbeddingInput, _groups
+
+    inputs = [EmbeddingInput("protein", "A" * n, n) for n in (1000, 1000, 10, 3000, 3000, 3000)]
+    groups = _groups(list(range(6)), inputs, budget=6000)
+    assert groups == [[0, 1, 2], [3, 4], [5]]
+    assert all(len(g) * max(inputs[r].tokens for r in g) <= 6000 for g in groups)
