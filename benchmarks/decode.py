@@ -136,7 +136,7 @@ def bench_speed(model, args, bandwidth) -> dict:
 def bench_batches(model, args) -> dict:
     """Aggregate new tokens/s over a batch of prompts of different lengths (left padding, per-row stopping)."""
     results = {}
-    for engine, mode in [("fast", args.batch_mode), ("fast", "none"), ("hf", "none")]:
+    for engine, mode in [("hf", "none")] + [("fast", mode) for mode in args.batch_modes.split(",")]:
         per_size = {}
         for size in args.batch_sizes:
             if engine == "hf" and size > 8:
@@ -154,15 +154,42 @@ def bench_batches(model, args) -> dict:
     return results
 
 
+def bench_compile(model, mode: str = "int8", steps: int = 16) -> dict:
+    """What `torch.compile` of the decode step would buy: compile time of the first call and the steady step
+    time, next to the eager step (one layer loop over a static cache, dynamic start position)."""
+    from biomedgpt.model.fast_decode import _rope_at, packed_lm
+
+    packed = packed_lm(model.llm, mode)
+    cos_all, sin_all = packed.rope_tables(torch.arange(64 + steps)[None])
+    x = packed.embed[torch.tensor([[42]])].to(packed.residual_dtype)
+
+    def run(forward, cache) -> list[float]:
+        times = []
+        for i in range(steps):
+            start = time.perf_counter()
+            forward(x, _rope_at(cos_all, sin_all, torch.tensor([[32 + i]])), cache, 32 + i, None)
+            times.append(time.perf_counter() - start)
+        return times
+
+    with torch.inference_mode():
+        eager = run(packed.forward, packed.new_cache(1, 64 + steps))
+        compiled_forward = torch.compile(packed.forward, dynamic=True)
+        compiled = run(compiled_forward, packed.new_cache(1, 64 + steps))
+    return {"mode": mode, "eager_step_ms": round(1e3 * statistics.median(eager), 2),
+            "compile_first_call_s": round(compiled[0], 1),
+            "compiled_step_ms": round(1e3 * statistics.median(compiled[2:]), 2)}
+
+
 def bench_cold_start(args) -> dict:
     """Wall time of a new `biomedgpt ask --model small` process (LM conversion already cached)."""
     exe = [sys.executable, "-m", "biomedgpt", "ask", "--model", "small", "--timing"]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     results = {}
     for label, extra in [("first_token", ["--max-new-tokens", "1"]), ("answer_32_tokens", ["--max-new-tokens", "32"])]:
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            subprocess.run(exe + extra + ["What is aspirin used for?"], check=True, capture_output=True)
+            subprocess.run(exe + extra + ["What is aspirin used for?"], check=True, capture_output=True, env=env)
             times.append(time.perf_counter() - start)
         results[label] = {"best_s": round(min(times), 2), "median_s": round(statistics.median(times), 2)}
     start = time.perf_counter()
@@ -187,11 +214,12 @@ def markdown(report: dict) -> str:
                          f"{r['weight_bytes_per_token'] / 1e6:.0f} | {r['bound_tokens_per_s']} | "
                          f"{r['fraction_of_bound']:.0%} |")
     if "batched" in report:
-        sizes = report["batched"]["fast/none"]["tokens_per_s"]
+        sizes = max((r["tokens_per_s"] for r in report["batched"].values()), key=len)
         lines += ["\n## Aggregate new tokens/s by batch size (prompts of different lengths)\n",
                   "| engine/weights | " + " | ".join(f"batch {k}" for k in sizes) + " |", "|---|" + "---|" * len(sizes)]
         for key, r in report["batched"].items():
-            cells = [f"{v} ({r['vs_batch_1'][k]}×)" for k, v in r["tokens_per_s"].items()]
+            cells = [f"{r['tokens_per_s'][k]} ({r['vs_batch_1'][k]}×)" if k in r["tokens_per_s"] else "–"
+                     for k in sizes]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     if "quality" in report:
         lines += ["\n## Quality of the quantized weights vs fp32\n",
@@ -202,6 +230,11 @@ def markdown(report: dict) -> str:
             if mode != "setup":
                 lines.append(f"| {mode} | {r['perplexity']} | {r['perplexity_change']:+.2%} | "
                              f"{r['top1_agreement']:.2%} | {r['greedy_prefix_agreement']} |")
+    if "compile" in report:
+        c = report["compile"]
+        lines += ["\n## torch.compile of the decode step\n",
+                  f"Weights {c['mode']}: eager step {c['eager_step_ms']} ms; compiled step {c['compiled_step_ms']} ms "
+                  f"after a first call (compilation) of {c['compile_first_call_s']} s."]
     if "cold_start" in report:
         c = report["cold_start"]
         lines += ["\n## Cold start (new process, LM conversion cached)\n", "| what | best s | median s |",
@@ -213,15 +246,21 @@ def markdown(report: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="speed,batch,cold,quality")
+    parser.add_argument("--parts", default="speed,batch,cold,quality",
+                        help="comma list of speed, batch, cold, quality, compile (compile: minutes)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--batch-new-tokens", type=int, default=32)
-    parser.add_argument("--batch-mode", default="int8")
+    parser.add_argument("--batch-modes", default="none,bf16,int8,int4", help="quantize modes timed in batches")
     parser.add_argument("--hf-int8", action="store_true", help="also time HF generate on torch.ao dynamic int8")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every engine (default: torch's own, = cores); on a busy shared "
+                             "machine 1 thread is far more stable than 2 (no barrier stalls)")
     parser.add_argument("--out", default=str(RESULTS / "decode.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     parts = set(args.parts.split(","))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -242,6 +281,8 @@ def main() -> int:
         from decode_quality import quality_report  # benchmarks/ is on sys.path when this file runs
 
         report["quality"] = quality_report(model, _inputs(model, PROMPTS))
+    if "compile" in parts:
+        report["compile"] = bench_compile(model)
     if "cold" in parts:
         report["cold_start"] = bench_cold_start(args)
     report["machine"]["load_average_end"] = os.getloadavg()

@@ -113,7 +113,7 @@ class SamplingOptions:
 class _Layer:
     """One decoder layer's weights in decode layout."""
 
-    def __init__(self, layer, mode: str, dtype: torch.dtype):
+    def __init__(self, layer, mode: str):
         attn, mlp = layer.self_attn, layer.mlp
         fused = mode != "none"  # fusing copies the weights; with mode "none" the LM's own tensors are used as is
         if fused:
@@ -125,8 +125,8 @@ class _Layer:
             self.mlp_in = [PackedLinear(mlp.gate_proj.weight), PackedLinear(mlp.up_proj.weight)]
         self.o_proj = PackedLinear(attn.o_proj.weight, mode)
         self.down_proj = PackedLinear(mlp.down_proj.weight, mode)
-        self.input_norm = layer.input_layernorm.weight.detach().to(dtype)
-        self.post_norm = layer.post_attention_layernorm.weight.detach().to(dtype)
+        self.input_norm = layer.input_layernorm.weight.detach()
+        self.post_norm = layer.post_attention_layernorm.weight.detach()
 
     def qkv(self, h: torch.Tensor) -> torch.Tensor:
         return self.projections[0](h) if len(self.projections) == 1 else torch.cat([p(h) for p in self.projections], -1)
@@ -153,14 +153,17 @@ class PackedLM:
         config = llm.config
         self.mode = mode
         base = llm.model
-        self.dtype = compute_dtype(mode, base.embed_tokens.weight.dtype)
+        # The residual stream (and norms) stay in the LM's dtype; matmuls, attention and the KV cache run in
+        # `dtype` (bf16 for the reduced-precision modes), so the precision loss is confined to the weights.
+        self.residual_dtype = base.embed_tokens.weight.dtype
+        self.dtype = compute_dtype(mode, self.residual_dtype)
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.eps = config.rms_norm_eps
         self.embed = base.embed_tokens.weight.detach()  # row lookups only: kept in the LM's dtype, never copied
-        self.layers = [_Layer(layer, mode, self.dtype) for layer in base.layers]
-        self.final_norm = base.norm.weight.detach().to(self.dtype)
+        self.layers = [_Layer(layer, mode) for layer in base.layers]
+        self.final_norm = base.norm.weight.detach()
         self.lm_head = PackedLinear(llm.lm_head.weight, mode)
         rope = getattr(config, "rope_parameters", None) or {}
         theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
@@ -178,7 +181,7 @@ class PackedLM:
 
     def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for `positions: [B, T]` → `[B, 1, T, head_dim]` each; sin carries rotate_half's sign so that
-        rope(x) = x * cos + roll(x, head_dim / 2) * sin (one roll instead of slice/negate/concatenate)."""
+        rope(x) = x * cos + swap_halves(x) * sin (one flip instead of slice/negate/concatenate)."""
         freqs = positions[..., None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         half = self.head_dim // 2
@@ -197,21 +200,23 @@ class PackedLM:
         cos, sin = rope
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
         end = start + steps
+        hidden = x.shape[-1:]
         for layer, (k_cache, v_cache) in zip(self.layers, cache):
-            h = F.rms_norm(x, x.shape[-1:], layer.input_norm, self.eps)
+            h = F.rms_norm(x, hidden, layer.input_norm, self.eps).to(self.dtype)
             qkv = layer.qkv(h).view(batch, steps, heads + 2 * kv_heads, dim).transpose(1, 2)  # [B, H+2KV, T, D]
             qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
-            qk = qk * cos + torch.roll(qk, dim // 2, dims=-1) * sin
+            swapped = qk.unflatten(-1, (2, dim // 2)).flip(-2).flatten(-2)  # [x1, x2] -> [x2, x1]
+            qk = qk * cos + swapped * sin
             q, k = qk[:, :heads], qk[:, heads:]
             k_cache[:, :, start:end] = k
             v_cache[:, :, start:end] = v
             attn = _attention(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)  # [B, H, T, D]
             x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, steps, heads * dim))
-            h = F.rms_norm(x, x.shape[-1:], layer.post_norm, self.eps)
+            h = F.rms_norm(x, hidden, layer.post_norm, self.eps).to(self.dtype)
             gate, up = layer.gate_up(h)
             x = x + layer.down_proj(F.silu(gate) * up)
         last = x if all_positions else x[:, -1]
-        return self.lm_head(F.rms_norm(last, x.shape[-1:], self.final_norm, self.eps)).float()
+        return self.lm_head(F.rms_norm(last, hidden, self.final_norm, self.eps).to(self.dtype)).float()
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -303,7 +308,7 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
         # A padding query attends to itself only, so no row of the softmax is empty (that would give NaN).
         prefill_mask = (causal & key_valid[..., :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool)
     cache = model.new_cache(batch, max_len)
-    logits = model.forward(inputs_embeds.to(model.dtype), _rope_at(cos_all, sin_all, positions), cache, 0,
+    logits = model.forward(inputs_embeds.to(model.residual_dtype), _rope_at(cos_all, sin_all, positions), cache, 0,
                            prefill_mask)
     next_position = positions[:, -1:] + 1  # [B, 1]
     decoder = _TokenChooser(options, batch, logits.shape[-1])
@@ -317,7 +322,7 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
             streamer.put(tokens)
         if not decoder.any_unfinished() or step == options.max_new_tokens - 1:
             break
-        x = model.embed[tokens][:, None].to(model.dtype)  # [B, 1, hidden]
+        x = model.embed[tokens][:, None].to(model.residual_dtype)  # [B, 1, hidden]
         end = prompt_len + step + 1
         mask = key_valid[..., :end] if padded else None
         logits = model.forward(x, _rope_at(cos_all, sin_all, next_position), cache, prompt_len + step, mask)
@@ -334,7 +339,7 @@ def score_tokens(llm, token_ids: torch.Tensor, quantize: str = "none") -> torch.
     model = packed_lm(llm, quantize)
     batch, steps = token_ids.shape
     tables = model.rope_tables(torch.arange(steps)[None])
-    x = model.embed[token_ids].to(model.dtype)
+    x = model.embed[token_ids].to(model.residual_dtype)
     return model.forward(x, _rope_at(*tables, torch.arange(steps).expand(batch, steps)),
                          model.new_cache(batch, steps), 0, None, all_positions=True)
 
