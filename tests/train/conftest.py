@@ -55,3 +55,14 @@ def make_config(tmp_path):
         return build_config(merge(merge(STAGE_DEFAULTS[stage], base), sections))
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine run far faster on one thread (no OpenMP waits); restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
