@@ -32,6 +32,10 @@ def register(subparsers) -> None:
     ask.add_argument("--protein", action="append", default=[], metavar="SEQ",
                      help="a protein sequence, optionally FASTA (repeatable)")
     ask.add_argument("--timing", action="store_true", help="print load and generation timings to stderr")
+    ask.add_argument("--evidence", type=int, default=3, metavar="K",
+                     help="show the K most similar known molecules/proteins from the model's index (0: off)")
+    ask.add_argument("--index", default=None, metavar="PATH",
+                     help="retrieval index for --evidence (default: the model folder's index.json.gz, if any)")
     _add_model_options(ask)
     ask.set_defaults(func=run_ask)
 
@@ -74,9 +78,29 @@ def run_ask(args) -> int:
     answer = ask(model, args.question, args.smiles, args.protein, settings)
     done = time.perf_counter()
     print(answer)
+    if args.evidence > 0 and (args.smiles or args.protein):
+        _print_evidence(args)
     if args.timing:
         print(f"[load {loaded - start:.2f} s, answer {done - loaded:.2f} s]", file=sys.stderr)
     return 0
+
+
+def _print_evidence(args) -> None:
+    """Nearest known entities with their annotations, so the reader can check the answer against them."""
+    from biomedgpt.inference import Message, default_model_path
+    from biomedgpt.retrieval import find_evidence, load_index, model_index_path
+
+    path = args.index or model_index_path(args.model or default_model_path())
+    if path is None:
+        return
+    messages = [Message("user", args.question, args.smiles, args.protein)]
+    for item in find_evidence(load_index(path), messages, args.evidence):
+        query = item["query"] if len(item["query"]) <= 40 else item["query"][:37] + "..."
+        print(f"\nEvidence: known {item['type']}s most similar to {query}")
+        for neighbor in item["neighbors"]:
+            annotation = " ".join(neighbor["annotation"].split())
+            annotation = annotation if len(annotation) <= 160 else annotation[:157] + "..."
+            print(f"  {neighbor['similarity']:.2f}  {neighbor['id']}: {annotation}")
 
 
 def run_chat(args) -> int:

@@ -311,3 +311,37 @@ class RetrievalIndex:
             fingerprints.append(fp)
         return cls([Entry(**e) for e in data["molecules"]], [Entry(**e) for e in data["proteins"]], fingerprints,
                    data.get("candidates", 10))
+
+
+def load_index(path: str | Path) -> RetrievalIndex:
+    """Load an index written by `RetrievalIndex.save` (raises `UserError` when the file is missing or not one)."""
+    if not Path(path).is_file():
+        raise UserError(f"retrieval index not found: {path}")
+    return RetrievalIndex.load(path)
+
+
+def model_index_path(model_name_or_path: str | Path | None) -> Path | None:
+    """The evidence index a model folder ships (`index.json.gz`), or None when it has none."""
+    from biomedgpt.constants import EVIDENCE_INDEX_NAME
+
+    if model_name_or_path is None:
+        return None
+    candidate = Path(model_name_or_path).expanduser() / EVIDENCE_INDEX_NAME
+    return candidate if candidate.is_file() else None
+
+
+def find_evidence(index: RetrievalIndex, messages, k: int) -> list[dict]:
+    """`[{"type": "molecule", "query": SMILES, "neighbors": [{id, similarity, annotation, smiles, ...}]}, ...]`
+    for each distinct entity of the user messages (objects with `role`, `smiles`, `proteins`), in order."""
+    evidence, seen = [], set()
+    for message in messages:
+        if message.role != "user":
+            continue
+        queries = [(MOLECULE, s) for s in message.smiles] + [(PROTEIN, p) for p in message.proteins]
+        for kind, query in queries:
+            if (kind, query) in seen:
+                continue
+            seen.add((kind, query))
+            found = index.query_molecule(query, k) if kind == MOLECULE else index.query_protein(query, k)
+            evidence.append({"type": kind, "query": query, "neighbors": [n.to_dict() for n in found]})
+    return evidence

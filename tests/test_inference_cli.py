@@ -66,3 +66,51 @@ def test_default_small_model_answers_from_the_bundled_smollm2():
     assert len(result.stdout.strip()) > 0
     result = run("ask", "--model", "small", "--max-new-tokens", "24", "What is insulin?")
     assert result.returncode == 0 and "insulin" in result.stdout.lower(), result.stdout
+
+
+def _records():
+    from biomedgpt.data.records import QARecord
+
+    return [
+        QARecord("m1", "Please describe this molecule.", "An acetate ester of phenol.", "chebi20-validation",
+                 molecules=["CC(=O)Oc1ccccc1"]),
+        QARecord("m2", "Please describe this molecule.", "A simple alcohol.", "chebi20-validation", molecules=["CCO"]),
+        QARecord("m3", "Please describe this molecule.", "Research-only text.", "pcdes-dev", molecules=["CCCO"]),
+        QARecord("p1", "What does it do?", "A hormone.", "fapm-val", proteins=["MALWMRLLPLLALLALWGPDPAAA"]),
+    ]
+
+
+def test_ask_prints_evidence_from_an_index(tiny_model_dir, tmp_path):
+    from biomedgpt.retrieval import RetrievalIndex
+
+    RetrievalIndex.from_records(_records()).save(tmp_path / "index.json.gz")
+    result = run("ask", "--model", str(tiny_model_dir), "--index", str(tmp_path / "index.json.gz"),
+                 "--max-new-tokens", "2", "--smiles", ASPIRIN, "--protein", "MALWMRLLPLLALLAL", "What?")
+    assert result.returncode == 0, result.stderr
+    evidence = result.stdout.split("Evidence: known molecules", 1)[1]
+    assert evidence.index("m1: An acetate ester") < evidence.index("m2: A simple alcohol")
+    assert "p1: A hormone." in result.stdout
+
+
+def test_export_ships_weights_index_and_checksums(tiny_model_dir, tmp_path):
+    import json
+
+    from biomedgpt.data.records import write_jsonl
+    from biomedgpt.io import verify_checksums
+    from biomedgpt.model.biomedgpt import BioMedGPT
+    from biomedgpt.model.export import export_model
+    from biomedgpt.retrieval import load_index
+
+    source = tmp_path / "source"
+    BioMedGPT.from_pretrained(tiny_model_dir).save_pretrained(source, save_lm=False)
+    # The tiny LM exists only inside its model folder; reference that folder as the base LM, as the default
+    # model references SmolLM2 (export refuses to ship an LM copy).
+    config = json.loads((source / "config.json").read_text())
+    config["lm"]["name_or_path"] = str(tiny_model_dir / "lm")
+    (source / "config.json").write_text(json.dumps(config))
+    write_jsonl(tmp_path / "records.jsonl", _records())
+    summary = export_model(source, tmp_path / "shipped", [tmp_path / "records.jsonl"])
+    assert summary["index_molecules"] == 2 and summary["index_proteins"] == 1  # pcdes (research-only) left out
+    assert sorted(verify_checksums(tmp_path / "shipped")) == ["config.json", "index.json.gz", "model.safetensors"]
+    assert len(load_index(tmp_path / "shipped" / "index.json.gz").molecules) == 2
+    BioMedGPT.from_pretrained(tmp_path / "shipped")

@@ -92,10 +92,11 @@ class BioMedGPT(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: BioMedGPTConfig, base_dir: str | Path | None = None) -> BioMedGPT:
-        """Build the model; the LM (and a named ESM) load their weights, the rest starts random (seeded)."""
-        llm, tokenizer = build_lm(config, base_dir)
+        """Build the model; the LM (and a named ESM) load their weights, the rest starts random, seeded by
+        `config.seed` (a random LM too), without touching the caller's global RNG state."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
+            llm, tokenizer = build_lm(config, base_dir)
             protein_encoder = build_protein_encoder(config, base_dir) if config.protein else None
             model = cls(config, llm, tokenizer, protein_encoder)
         dtype = _torch_dtype(config.lm.dtype)

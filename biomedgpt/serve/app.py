@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from biomedgpt.retrieval import find_evidence
 from biomedgpt.serve import embeddings as emb
 from biomedgpt.serve.chat import PreparedChat, prepare_chat
 from biomedgpt.serve.config import ServerConfig
@@ -33,7 +34,6 @@ from biomedgpt.serve.engine import (
     RequestTimeoutError,
 )
 from biomedgpt.serve.errors import APIError, error_body, error_response, install_error_handlers
-from biomedgpt.serve.evidence import find_evidence
 from biomedgpt.serve.responses import ChunkWriter, chat_completion, embedding_list, sse
 from biomedgpt.serve.schemas import ChatCompletionRequest, EmbeddingRequest
 from biomedgpt.serve.security import BearerAuth, BodyLimit

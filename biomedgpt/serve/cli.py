@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="allow browser pages from this origin (repeatable; default: CORS off)")
     parser.add_argument("--index", default=None, metavar="PATH",
-                        help="retrieval index (biomedgpt.retrieval) for the 'evidence' field of answers")
+                        help="retrieval index (biomedgpt.retrieval) for the 'evidence' field of answers "
+                             "(default: the model folder's index.json.gz, when it ships one)")
     parser.add_argument("--max-queue", type=int, default=32, help="waiting requests before 429")
     parser.add_argument("--max-batch", type=int, default=8, help="requests answered by one generate call")
     parser.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, seconds")
@@ -66,11 +67,11 @@ def run_serve(args) -> int:
     import uvicorn
 
     from biomedgpt.errors import UserError
-    from biomedgpt.inference import load_model
+    from biomedgpt.inference import default_model_path, load_model
     from biomedgpt.inference_cli import _quiet_transformers
+    from biomedgpt.retrieval import load_index, model_index_path
     from biomedgpt.serve.app import create_app
     from biomedgpt.serve.config import ServerConfig
-    from biomedgpt.serve.evidence import load_index
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
@@ -84,7 +85,8 @@ def run_serve(args) -> int:
             max_body_bytes=args.max_body_bytes, engine=args.engine, quantize=args.quantize)
     except ValueError as err:
         raise UserError(str(err)) from None
-    index = load_index(args.index) if args.index else None
+    index_path = args.index or model_index_path(args.model or default_model_path())
+    index = load_index(index_path) if index_path else None  # before the model: a bad path fails fast
     _quiet_transformers()
     model = load_model(args.model)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:

@@ -75,3 +75,15 @@ def test_config_validation_and_presets():
         BioMedGPTConfig.from_dict({"lm": {"name_or_path": "x"}, "colour": "blue"})
     round_trip = BioMedGPTConfig.from_dict(preset("tiny").to_dict())
     assert round_trip == preset("tiny")
+
+
+def test_presets_are_seeded_and_leave_global_rng_alone():
+    torch.manual_seed(1)
+    before = torch.rand(1)
+    torch.manual_seed(1)
+    first = BioMedGPT.from_preset("tiny")
+    after = torch.rand(1)
+    second = BioMedGPT.from_preset("tiny")
+    assert torch.equal(before, after)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -266,7 +266,7 @@ def test_abandoned_stream_stops_decoding(tiny_model):
 
 
 def test_evidence_from_index(make_client, tmp_path):
-    from biomedgpt.serve.evidence import load_index
+    from biomedgpt.retrieval import load_index
 
     client = make_client(index=load_index(build_index(tmp_path / "index.json.gz")))
     body = chat(client, user(f"<molecule>{ASPIRIN}</molecule> <protein>{INSULIN_B}</protein> What?"),

@@ -1,0 +1,68 @@
+"""Export a trained model folder for shipping: only the weights we trained, the evidence index, checksums.
+
+    python -m biomedgpt.model.export runs/small/align/model models/biomedgpt-small \
+        --index-records data/build/molecule_qa_train.jsonl data/build/protein_qa_train.jsonl
+
+The evidence index is built only from records whose `source` is in `--index-sources` (default: the sets whose
+license allows redistribution with attribution: ChEBI-20 (CC BY 4.0), the FAPM Swiss-Prot GO tables and DeepLoc
+(MIT / UniProt CC BY 4.0)); research-only sets such as PCdes are never shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from biomedgpt.constants import EVIDENCE_INDEX_NAME
+
+SHIPPABLE_SOURCES = ("chebi20-validation", "fapm-val", "fapm-test", "deeploc_valid")
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def export_model(
+    source: Path, target: Path, index_records: list[Path], index_sources: tuple[str, ...] = SHIPPABLE_SOURCES
+) -> dict:
+    """Copy config + encoder/adapter weights (never an LM copy: the base LM is referenced by id), build the
+    evidence index, write SHA256SUMS. Returns sizes and counts for the model card."""
+    from biomedgpt.config import BioMedGPTConfig
+    from biomedgpt.data.records import read_qa
+    from biomedgpt.io import write_checksums
+    from biomedgpt.retrieval import RetrievalIndex
+
+    config = BioMedGPTConfig.load(source / "config.json")
+    if config.lm.name_or_path == "lm":
+        raise ValueError(f"{source} holds a modified LM copy (lm/); export ships only encoders and adapters")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copy2(source / name, target / name)
+    records = [r for path in index_records for r in read_qa(path) if r.source in index_sources]
+    index = RetrievalIndex.from_records(records)
+    index.save(target / EVIDENCE_INDEX_NAME)
+    names = [*MODEL_FILES, EVIDENCE_INDEX_NAME]
+    write_checksums(target, names)
+    return {
+        "files": {name: (target / name).stat().st_size for name in names},
+        "index_molecules": len(index.molecules),
+        "index_proteins": len(index.proteins),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="a trained model folder (save_pretrained output)")
+    parser.add_argument("target", type=Path, help="where to write the shippable model folder")
+    parser.add_argument("--index-records", type=Path, nargs="+", required=True, help="QA JSONL of the pool")
+    parser.add_argument("--index-sources", nargs="+", default=list(SHIPPABLE_SOURCES),
+                        help="record sources allowed into the shipped index")
+    args = parser.parse_args(argv)
+    summary = export_model(args.source, args.target, args.index_records, tuple(args.index_sources))
+    for name, size in summary["files"].items():
+        print(f"{name}: {size / 1e6:.1f} MB")
+    print(f"evidence index: {summary['index_molecules']} molecules, {summary['index_proteins']} proteins")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
