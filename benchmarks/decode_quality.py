@@ -57,9 +57,12 @@ def quality_report(model, prompt_inputs: dict, modes=("none", "bf16", "int8", "i
     for mode in modes:
         r = results[mode]
         r["perplexity_change"] = round(r["perplexity"] / base["perplexity"] - 1, 4)
-        same = (r["answers"] == base["answers"]).int().cumprod(dim=1).sum(dim=1)
+        width = min(r["answers"].shape[1], base["answers"].shape[1])
+        same = (r["answers"][:, :width] == base["answers"][:, :width]).int().cumprod(dim=1).sum(dim=1)
         r["greedy_prefix_agreement"] = same.tolist()
-        r["answers"] = [model.tokenizer.decode(row, skip_special_tokens=True) for row in r["answers"]]
+    for mode in modes:
+        results[mode]["answers"] = [model.tokenizer.decode(row, skip_special_tokens=True)
+                                    for row in results[mode]["answers"]]
     results["setup"] = {"tokens_scored": tokens[:, 1:].numel(), "chunk_length": length,
                         "text": "last documents of biomed-text-corpus", "greedy_new_tokens": new_tokens}
     return results

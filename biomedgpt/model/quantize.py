@@ -11,6 +11,8 @@ activations, which the CPU int8/int4 kernels expect) makes decoding proportional
 | `int8` | int8, one bf16 scale per output channel          | ~1           |
 | `int4` | 4-bit, bf16 scale + zero per group of 32 inputs  | ~0.56        |
 
+(`fast_decode` keeps the LM head at int8 in mode `int4`.)
+
 The int8/int4 kernels are PyTorch's own (`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`, the
 same ones gpt-fast and torchao use). Int4 with groups of 32 along the input dimension uses the same grid as the
 GGUF Q4_1 format the default SmolLM2 weights come from (scale and minimum per 32 weights), so for those weights
