@@ -320,14 +320,21 @@ def load_index(path: str | Path) -> RetrievalIndex:
     return RetrievalIndex.load(path)
 
 
+# The evidence index shipped with the repository (training-pool records whose license allows redistribution).
+SHIPPED_INDEX = Path(__file__).resolve().parent.parent / "models" / "evidence" / "index.json.gz"
+
+
 def model_index_path(model_name_or_path: str | Path | None) -> Path | None:
-    """The evidence index a model folder ships (`index.json.gz`), or None when it has none."""
+    """The evidence index for a model: the one its folder ships (`index.json.gz`), else the repository's
+    `models/evidence/index.json.gz` when present, else None. Evidence is a nearest-neighbour lookup over known
+    entities, independent of the model's weights, so any model (a preset too) can show it."""
     from biomedgpt.constants import EVIDENCE_INDEX_NAME
 
-    if model_name_or_path is None:
-        return None
-    candidate = Path(model_name_or_path).expanduser() / EVIDENCE_INDEX_NAME
-    return candidate if candidate.is_file() else None
+    if model_name_or_path is not None:
+        candidate = Path(model_name_or_path).expanduser() / EVIDENCE_INDEX_NAME
+        if candidate.is_file():
+            return candidate
+    return SHIPPED_INDEX if SHIPPED_INDEX.is_file() else None
 
 
 def find_evidence(index: RetrievalIndex, messages, k: int) -> list[dict]:

@@ -21,15 +21,26 @@ SHIPPABLE_SOURCES = ("chebi20-validation", "fapm-val", "fapm-test", "deeploc_val
 MODEL_FILES = ("config.json", "model.safetensors")
 
 
+def build_evidence_index(
+    index_records: list[Path], path: Path, index_sources: tuple[str, ...] = SHIPPABLE_SOURCES
+):
+    """Nearest-neighbour index over the shippable records of the training pool, saved at `path`."""
+    from biomedgpt.data.records import read_qa
+    from biomedgpt.retrieval import RetrievalIndex
+
+    records = [r for source in index_records for r in read_qa(source) if r.source in index_sources]
+    index = RetrievalIndex.from_records(records)
+    index.save(path)
+    return index
+
+
 def export_model(
     source: Path, target: Path, index_records: list[Path], index_sources: tuple[str, ...] = SHIPPABLE_SOURCES
 ) -> dict:
     """Copy config + encoder/adapter weights (never an LM copy: the base LM is referenced by id), build the
     evidence index, write SHA256SUMS. Returns sizes and counts for the model card."""
     from biomedgpt.config import BioMedGPTConfig
-    from biomedgpt.data.records import read_qa
     from biomedgpt.io import write_checksums
-    from biomedgpt.retrieval import RetrievalIndex
 
     config = BioMedGPTConfig.load(source / "config.json")
     if config.lm.name_or_path == "lm":
@@ -37,9 +48,7 @@ def export_model(
     target.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         shutil.copy2(source / name, target / name)
-    records = [r for path in index_records for r in read_qa(path) if r.source in index_sources]
-    index = RetrievalIndex.from_records(records)
-    index.save(target / EVIDENCE_INDEX_NAME)
+    index = build_evidence_index(index_records, target / EVIDENCE_INDEX_NAME, index_sources)
     names = [*MODEL_FILES, EVIDENCE_INDEX_NAME]
     write_checksums(target, names)
     return {
@@ -51,12 +60,21 @@ def export_model(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path, help="a trained model folder (save_pretrained output)")
-    parser.add_argument("target", type=Path, help="where to write the shippable model folder")
+    parser.add_argument("source", type=Path, nargs="?", help="a trained model folder (save_pretrained output)")
+    parser.add_argument("target", type=Path, nargs="?", help="where to write the shippable model folder")
+    parser.add_argument("--index-only", type=Path, metavar="PATH",
+                        help="only build the evidence index at PATH (e.g. models/evidence/index.json.gz)")
     parser.add_argument("--index-records", type=Path, nargs="+", required=True, help="QA JSONL of the pool")
     parser.add_argument("--index-sources", nargs="+", default=list(SHIPPABLE_SOURCES),
                         help="record sources allowed into the shipped index")
     args = parser.parse_args(argv)
+    if args.index_only:
+        index = build_evidence_index(args.index_records, args.index_only, tuple(args.index_sources))
+        print(f"{args.index_only}: {len(index.molecules)} molecules, {len(index.proteins)} proteins, "
+              f"{args.index_only.stat().st_size / 1e6:.1f} MB")
+        return 0
+    if args.source is None or args.target is None:
+        parser.error("give SOURCE and TARGET, or --index-only PATH")
     summary = export_model(args.source, args.target, args.index_records, tuple(args.index_sources))
     for name, size in summary["files"].items():
         print(f"{name}: {size / 1e6:.1f} MB")
