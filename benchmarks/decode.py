@@ -251,6 +251,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _quality(model) -> dict:
+    from decode_quality import quality_report  # benchmarks/ is on sys.path when this file runs
+
+    return quality_report(model, _inputs(model, PROMPTS))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="speed,batch,cold,quality",
@@ -280,23 +286,20 @@ def main() -> int:
     model = BioMedGPT.from_preset("small")
     bandwidth = copy_bandwidth()
     report["copy_bandwidth_GBps"] = round(bandwidth / 1e9, 1)
-    if "speed" in parts:
-        report["batch1_decode"] = bench_speed(model, args, bandwidth)
-    if "batch" in parts:
-        report["batched"] = bench_batches(model, args)
-    if "quality" in parts:
-        from decode_quality import quality_report  # benchmarks/ is on sys.path when this file runs
-
-        report["quality"] = quality_report(model, _inputs(model, PROMPTS))
-    if "compile" in parts:
-        report["compile"] = bench_compile(model)
-    if "cold" in parts:
-        report["cold_start"] = bench_cold_start(args)
-    report["machine"]["load_average_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out.with_suffix(".md"), markdown(report))
+    steps = [("speed", "batch1_decode", lambda: bench_speed(model, args, bandwidth)),
+             ("batch", "batched", lambda: bench_batches(model, args)),
+             ("quality", "quality", lambda: _quality(model)),
+             ("compile", "compile", lambda: bench_compile(model)),
+             ("cold", "cold_start", lambda: bench_cold_start(args))]
+    for part, key, run in steps:
+        if part in parts:
+            report[key] = run()
+            report["machine"]["load_average_end"] = os.getloadavg()
+            # Written after every part, so a long run that is cut short keeps what it measured.
+            atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+            atomic_write_text(out.with_suffix(".md"), markdown(report))
     print(markdown(report))
     return 0
 
