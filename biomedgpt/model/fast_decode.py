@@ -267,7 +267,7 @@ def _weights_version(llm) -> int:
 
 
 def packed_lm(llm, mode: str = "none") -> PackedLM:
-    """The `PackedLM` for `llm` in `mode`, built on first use (int8: ~1 s for 135M weights) and reused until
+    """The `PackedLM` for `llm` in `mode`, built on first use (int8: 0.4 s for SmolLM2-135M) and reused until
     the LM's weights change."""
     check_mode(mode)
     version = _weights_version(llm)
