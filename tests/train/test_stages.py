@@ -100,11 +100,12 @@ def test_encoder_molecule_attribute_masking(make_config, train_files, tiny_model
 
 def test_encoder_protein_masked_lm(make_config, train_files, tiny_model, tiny_model_dir):
     config = make_config("encoder-protein", train_files["proteins"], model=str(tiny_model_dir),
-                         protein_max_residues=30, schedule={"batch_size": 4, "max_steps": 30},
+                         protein_max_residues=30, schedule={"batch_size": 4, "max_steps": 40},
                          optim={"lr": 1e-2})
     train(config)
     losses = _losses(config.output_dir)
-    assert losses[-1] < 0.85 * losses[0]
+    # Masked positions are drawn anew each step, so single-step losses are noisy: compare 5-step means.
+    assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5, losses
     model = BioMedGPT.from_pretrained(Path(config.output_dir) / "model")
     assert model.config.protein.max_residues == 30  # the cap travels with the model
     trained = model.state_dict()
