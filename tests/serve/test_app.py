@@ -284,7 +284,7 @@ def test_batch_window_merges_requests_that_arrive_just_after(tiny_model):
     sending its next request right after its answer) keep filling whole batches."""
 
     async def scenario() -> int:
-        engine = Engine(tiny_model, max_batch=4, batch_window_s=0.5)
+        engine = Engine(tiny_model, max_batch=4, batch_window_s=2.0)
         engine.start()
         settings = GenerationSettings(max_new_tokens=2)
         try:
