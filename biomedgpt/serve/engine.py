@@ -206,6 +206,8 @@ class Engine:
                     self._take_compatible(batch)
             batch = [job for job in batch if not job.cancelled.is_set()]
             self._running = self._last_batch_size = len(batch)
+            # Counted when the batch starts: a client that reads stats right after its answer sees its batch.
+            self.batches += bool(batch)
             return batch
 
     def _take_compatible(self, batch: list[Job]) -> None:
@@ -240,7 +242,6 @@ class Engine:
             with self._cond:
                 self._running = 0
                 self.completed += len(batch)
-                self.batches += 1
                 self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * elapsed
 
     def _run_generate(self, batch: list[Job]) -> None:
