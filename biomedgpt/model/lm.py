@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from biomedgpt.constants import DEFAULT_BASE_LM, ENV_CACHE_DIR
 from biomedgpt.errors import ModelNotFoundError
+from biomedgpt.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +92,9 @@ def convert_bundled_gguf(model_id: str, target: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with atomic_dir(target) as staging:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

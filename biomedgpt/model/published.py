@@ -440,27 +440,17 @@ def convert_openbiomed(checkpoints, lm_dir: str | Path, out_dir: str | Path, esm
     """`biomedgpt convert --from openbiomed`: load the 10B checkpoint (streaming) and write our model folder,
     atomically (a staging folder renamed into place), with `CONVERSION.json` recording sources and the report."""
     import json
-    import os
-    import shutil
-    import tempfile
 
-    from biomedgpt.io import atomic_write_text
+    from biomedgpt.io import atomic_dir, atomic_write_text
 
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out} exists and is not empty (use --force to replace it)")
     model, report = load_openbiomed(checkpoints, lm_dir, esm_config=esm_config, dtype=dtype, sha256=sha256)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as staging:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         record = {"source": "openbiomed", "checkpoints": report.files, "lm_dir": str(lm_dir),
                   "esm_config": str(esm_config) if esm_config else None, "dtype": dtype,
                   "sha256_verified": list(sha256), "report": report.to_dict()}
         atomic_write_text(staging / "CONVERSION.json", json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return report
