@@ -30,6 +30,9 @@ class LMConfig:
     tokenizer: str | None = None  # None: the tokenizer stored with the LM; "bytes": the built-in byte tokenizer
     dtype: str = "float32"
     use_chat_template: bool = True  # False: the reference `### Human: … ### Assistant:` template
+    # A LoRA adapter (peft format; a folder relative to the checkpoint) merged into the base LM at load: how a
+    # fine-tuned model ships a few MB instead of a full LM copy.
+    lora: str | None = None
 
     def __post_init__(self) -> None:
         if (self.name_or_path is None) == (self.arch is None):
@@ -66,6 +69,10 @@ class BioMedGPTConfig:
     protein: ProteinEncoderConfig | None = None
     system_prompt: str | None = None  # None: the LM's own default (or the reference system prompt)
     seed: int = 0  # initialisation seed for the parts that start random (encoders, adapters)
+    # Retrieval-augmented prompts: the k most similar known molecules / proteins (the model folder's evidence
+    # index) and their annotations go before each user question that carries an entity; 0 = none. Training
+    # builds the same prompts (leaving each record's own entity out), so a model trained with k needs k here.
+    evidence_in_prompt: int = 0
 
     def __post_init__(self) -> None:
         # Accept plain dicts (from JSON) for the sub-configs.

@@ -101,13 +101,40 @@ def load_model(name_or_path: str | None = None) -> BioMedGPT:
         if dtype != "float32" or torch.cuda.is_available():
             # Large (bf16/fp16) models: build on the meta device and stream the weights in, so host RAM stays
             # near one copy of the model in its dtype; on GPUs, place it with accelerate's device map.
-            return BioMedGPT.from_pretrained(
+            model = BioMedGPT.from_pretrained(
                 directory, dtype=dtype, device_map="auto" if torch.cuda.is_available() else None
             )
-        return BioMedGPT.from_pretrained(directory)
+        else:
+            model = BioMedGPT.from_pretrained(directory)
+        return attach_evidence_index(model, directory)
     if name_or_path in PRESETS:
         return BioMedGPT.from_preset(name_or_path)
     raise ModelNotFoundError(f"model folder not found: {name_or_path} (presets: {', '.join(sorted(PRESETS))})")
+
+
+def attach_evidence_index(model: BioMedGPT, model_dir: str | Path | None) -> BioMedGPT:
+    """Give a model trained with retrieval-augmented prompts (`config.evidence_in_prompt` > 0) its evidence
+    index: the model folder's `index.json.gz`, else the repository's shipped index."""
+    if model.config.evidence_in_prompt > 0:
+        from biomedgpt.retrieval import load_index, model_index_path
+
+        path = model_index_path(model_dir)
+        if path is None:
+            logger.warning("this model was trained with evidence in its prompts, but no evidence index was "
+                           "found; it will answer without evidence (worse answers)")
+        model.evidence_index = load_index(path) if path is not None else None
+    return model
+
+
+def _with_evidence(model: BioMedGPT, message: Message, leave_one_out: bool) -> str:
+    """The message text, preceded by the evidence of its entities when the model was trained that way."""
+    k = model.config.evidence_in_prompt
+    index = getattr(model, "evidence_index", None)
+    if k <= 0 or index is None or message.role != "user" or not (message.smiles or message.proteins):
+        return message.text
+    from biomedgpt.retrieval import find_evidence, with_evidence
+
+    return with_evidence(message.text, find_evidence(index, [message], k, leave_one_out=leave_one_out))
 
 
 def prepare_entities(model_or_none, smiles: Sequence[str], proteins: Sequence[str]):
@@ -120,8 +147,12 @@ def prepare_entities(model_or_none, smiles: Sequence[str], proteins: Sequence[st
     return graphs, sequences
 
 
-def build_example(model: BioMedGPT, messages: Sequence[Message], answer: str | None = None) -> Example:
-    """Render a conversation with the model's template and tokenise it with placeholders expanded."""
+def build_example(
+    model: BioMedGPT, messages: Sequence[Message], answer: str | None = None, leave_one_out: bool = False
+) -> Example:
+    """Render a conversation with the model's template and tokenise it with placeholders expanded; user
+    questions about entities get their evidence first when the model uses retrieval-augmented prompts
+    (`leave_one_out` for training records, whose own entity is in the evidence index)."""
     graphs: list[MoleculeGraph] = []
     sequences: list[str] = []
     rendered = []
@@ -134,7 +165,8 @@ def build_example(model: BioMedGPT, messages: Sequence[Message], answer: str | N
             g, s = prepare_entities(model, message.smiles, message.proteins)
             graphs += g
             sequences += s
-        content = entity_prefix(len(message.smiles), len(message.proteins)) + message.text
+        content = entity_prefix(len(message.smiles), len(message.proteins)) + _with_evidence(
+            model, message, leave_one_out)
         rendered.append({"role": message.role, "content": content})
     use_template = model.config.lm.use_chat_template and bool(getattr(model.tokenizer, "chat_template", None))
     prompt = render_prompt(

@@ -190,6 +190,7 @@ class RetrievalIndex:
         self._molecules = _MoleculeTable(molecules, fingerprints)
         self._proteins = _ProteinTable(proteins, candidates)
         self._masks: dict[tuple[str, str], np.ndarray] = {}
+        self._keys: dict[str, np.ndarray] = {}
 
     @property
     def molecules(self) -> list[Entry]:
@@ -249,25 +250,36 @@ class RetrievalIndex:
         entries = self.molecules if kind == MOLECULE else self.proteins
         return any(e.question == question for e in entries)
 
-    def _mask(self, kind: str, question: str | None) -> np.ndarray | None:
-        """Boolean mask [pool size] of the entries asked `question` (None: no restriction), cached."""
-        if question is None:
-            return None
-        if (kind, question) not in self._masks:
-            entries = self.molecules if kind == MOLECULE else self.proteins
-            self._masks[kind, question] = np.array([e.question == question for e in entries], dtype=bool)
-        return self._masks[kind, question]
+    def _mask(self, kind: str, question: str | None, exclude_key: str | None = None) -> np.ndarray | None:
+        """Boolean mask [pool size] of the entries asked `question` (None: no restriction) whose key is not
+        `exclude_key` (leave-one-out when the query itself is in the pool); None when nothing is restricted."""
+        mask = None
+        if question is not None:
+            if (kind, question) not in self._masks:
+                entries = self.molecules if kind == MOLECULE else self.proteins
+                self._masks[kind, question] = np.array([e.question == question for e in entries], dtype=bool)
+            mask = self._masks[kind, question]
+        if exclude_key:
+            if kind not in self._keys:
+                entries = self.molecules if kind == MOLECULE else self.proteins
+                self._keys[kind] = np.array([e.key for e in entries], dtype=object)
+            keep = self._keys[kind] != exclude_key
+            mask = keep if mask is None else mask & keep
+        return mask
 
-    def query_molecule(self, smiles: str, k: int = 5, question: str | None = None) -> list[Neighbor]:
-        """Top-k known molecules by Tanimoto similarity (only entries asked `question`, when given); raises
-        `InvalidSmilesError` on a bad SMILES."""
-        mask = self._mask(MOLECULE, question)
+    def query_molecule(self, smiles: str, k: int = 5, question: str | None = None,
+                       exclude_key: str | None = None) -> list[Neighbor]:
+        """Top-k known molecules by Tanimoto similarity (only entries asked `question`, when given; never the
+        entries whose InChIKey is `exclude_key`); raises `InvalidSmilesError` on a bad SMILES."""
+        mask = self._mask(MOLECULE, question, exclude_key)
         return [self._neighbor(self.molecules[i], s) for i, s in self._molecules.query(smiles, k, mask)]
 
-    def query_protein(self, sequence: str, k: int = 5, question: str | None = None) -> list[Neighbor]:
+    def query_protein(self, sequence: str, k: int = 5, question: str | None = None,
+                      exclude_key: str | None = None) -> list[Neighbor]:
         """Top-k known proteins by alignment identity after the k-mer prefilter (only entries asked
-        `question`, when given); raises `InvalidSequenceError` on a bad sequence."""
-        mask = self._mask(PROTEIN, question)
+        `question`, when given; never the entries whose sequence is `exclude_key`); raises
+        `InvalidSequenceError` on a bad sequence."""
+        mask = self._mask(PROTEIN, question, exclude_key)
         hits = self._proteins.query(clean_sequence(sequence), k, mask)
         return [self._neighbor(self.proteins[i], s) for i, s in hits]
 
@@ -337,9 +349,12 @@ def model_index_path(model_name_or_path: str | Path | None) -> Path | None:
     return SHIPPED_INDEX if SHIPPED_INDEX.is_file() else None
 
 
-def find_evidence(index: RetrievalIndex, messages, k: int) -> list[dict]:
+def find_evidence(index: RetrievalIndex, messages, k: int, leave_one_out: bool = False) -> list[dict]:
     """`[{"type": "molecule", "query": SMILES, "neighbors": [{id, similarity, annotation, smiles, ...}]}, ...]`
-    for each distinct entity of the user messages (objects with `role`, `smiles`, `proteins`), in order."""
+    for each distinct entity of the user messages (objects with `role`, `smiles`, `proteins`), in order.
+
+    `leave_one_out`: never return the entity itself (same InChIKey / sequence), for training records that are
+    in the pool, so that they see the evidence a new molecule or protein would see."""
     evidence, seen = [], set()
     for message in messages:
         if message.role != "user":
@@ -349,6 +364,35 @@ def find_evidence(index: RetrievalIndex, messages, k: int) -> list[dict]:
             if (kind, query) in seen:
                 continue
             seen.add((kind, query))
-            found = index.query_molecule(query, k) if kind == MOLECULE else index.query_protein(query, k)
+            if kind == MOLECULE:
+                found = index.query_molecule(query, k, exclude_key=inchikey(query) if leave_one_out else None)
+            else:
+                found = index.query_protein(query, k, exclude_key=clean_sequence(query) if leave_one_out else None)
             evidence.append({"type": kind, "query": query, "neighbors": [n.to_dict() for n in found]})
     return evidence
+
+
+# ---------------------------------------------------------------------- retrieval-augmented prompts
+# One format for training data, evaluation, `ask` and `serve`: a model trained on these prompts sees the same
+# text at inference. Molecule evidence is the neighbours' descriptions; protein evidence also says which question
+# each annotation answers, because one protein is indexed once per question (function, component, location).
+EVIDENCE_HEADERS = {
+    MOLECULE: "Known molecules most similar to this one (Tanimoto similarity) and their descriptions:",
+    PROTEIN: "Known proteins most similar to this one (sequence identity) and their annotations:",
+}
+
+
+def evidence_block(kind: str, neighbors: list[dict]) -> str:
+    """The evidence for one entity as prompt text (neighbours as `find_evidence` returns them)."""
+    lines = [EVIDENCE_HEADERS[kind]]
+    for rank, n in enumerate(neighbors, 1):
+        text = n["annotation"] if kind == MOLECULE else f"{n['question']} {n['annotation']}".strip()
+        lines.append(f"{rank}. ({n['similarity']:.2f}) {text}")
+    return "\n".join(lines)
+
+
+def with_evidence(text: str, evidence: list[dict]) -> str:
+    """`text` (a user question) preceded by the evidence blocks of its entities: the retrieval-augmented prompt."""
+    blocks = [evidence_block(e["type"], e["neighbors"]) for e in evidence if e["neighbors"]]
+    return "\n\n".join([*blocks, text]) if blocks else text
+

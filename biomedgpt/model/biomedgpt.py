@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 LM_SUBDIR = "lm"
+LORA_SUBDIR = "lora"  # a LoRA adapter over the base LM (peft format), merged at load
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -51,6 +54,8 @@ def build_lm(config: BioMedGPTConfig, base_dir: str | Path | None = None):
             llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         except OSError as err:
             raise ModelNotFoundError(f"cannot load the LM {lm_cfg.name_or_path!r}: {err}") from None
+    if lm_cfg.lora is not None:
+        llm = merge_lora(llm, Path(base_dir or ".") / lm_cfg.lora)
     if lm_cfg.tokenizer == BYTE_TOKENIZER:
         tokenizer = byte_tokenizer()
     else:
@@ -58,6 +63,16 @@ def build_lm(config: BioMedGPTConfig, base_dir: str | Path | None = None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return llm, tokenizer
+
+
+def merge_lora(llm: nn.Module, adapter_dir: Path) -> nn.Module:
+    """The LM with a peft LoRA adapter merged into its weights (same function as the unmerged adapter, no
+    per-token overhead)."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"LoRA adapter not found: {adapter_dir} (no adapter_config.json)")
+    return PeftModel.from_pretrained(llm, str(adapter_dir)).merge_and_unload()
 
 
 def build_protein_encoder(config: BioMedGPTConfig, base_dir: str | Path | None = None):
@@ -88,6 +103,7 @@ class BioMedGPT(nn.Module):
         # True when the LM weights differ from `config.lm.name_or_path` (random init, trained, merged LoRA):
         # then `save_pretrained` must store them; otherwise the checkpoint only references the base LM.
         self.lm_modified = config.lm.arch is not None
+        self.lora_adapter: Path | None = None  # set when the LM is its base + this LoRA adapter (merged)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -145,6 +161,7 @@ class BioMedGPT(nn.Module):
             if missing or unexpected:
                 raise ValueError(f"{directory / WEIGHTS_NAME}: missing keys {missing}, unexpected keys {unexpected}")
         model.lm_modified = config.lm.name_or_path == LM_SUBDIR
+        model.lora_adapter = directory / config.lm.lora if config.lm.lora else None
         return model.eval()
 
     def save_pretrained(
@@ -165,6 +182,11 @@ class BioMedGPT(nn.Module):
         config = copy.deepcopy(self.config)
         save_lm = self.lm_modified if save_lm is None else save_lm
         names = [CONFIG_NAME]
+        lora_source = getattr(self, "lora_adapter", None)
+        if lora_source is not None and not save_lm:
+            # base LM by reference + the adapter (a few MB) instead of a merged LM copy
+            names += self._copy_lora(Path(lora_source), directory)
+            config.lm.lora = LORA_SUBDIR
         if save_lm:
             shard_kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
             self.llm.save_pretrained(directory / LM_SUBDIR, **shard_kwargs)
@@ -184,6 +206,15 @@ class BioMedGPT(nn.Module):
         with atomic_path(directory / CONFIG_NAME) as tmp:
             config.save(tmp)
         write_checksums(directory, names)
+
+    @staticmethod
+    def _copy_lora(source: Path, directory: Path) -> list[str]:
+        target = directory / LORA_SUBDIR
+        if source.resolve() != target.resolve():
+            target.mkdir(parents=True, exist_ok=True)
+            for name in LORA_FILES:
+                shutil.copy2(source / name, target / name)
+        return [f"{LORA_SUBDIR}/{name}" for name in LORA_FILES]
 
     # ------------------------------------------------------------------ the splice
     @property

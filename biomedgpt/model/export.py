@@ -37,19 +37,24 @@ def build_evidence_index(
 def export_model(
     source: Path, target: Path, index_records: list[Path], index_sources: tuple[str, ...] = SHIPPABLE_SOURCES
 ) -> dict:
-    """Copy config + encoder/adapter weights (never an LM copy: the base LM is referenced by id), build the
-    evidence index, write SHA256SUMS. Returns sizes and counts for the model card."""
+    """Copy config + encoder/adapter weights + a LoRA adapter if any (never an LM copy: the base LM is referenced
+    by id), build the evidence index, write SHA256SUMS. Returns sizes and counts for the model card."""
     from biomedgpt.config import BioMedGPTConfig
     from biomedgpt.io import write_checksums
 
     config = BioMedGPTConfig.load(source / "config.json")
     if config.lm.name_or_path == "lm":
         raise ValueError(f"{source} holds a modified LM copy (lm/); export ships only encoders and adapters")
-    target.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
+    files = list(MODEL_FILES)
+    if config.lm.lora is not None:  # a LoRA adapter over the base LM (a few MB) ships with the model
+        from biomedgpt.model.biomedgpt import LORA_FILES
+
+        files += [f"{config.lm.lora}/{name}" for name in LORA_FILES]
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, target / name)
     index = build_evidence_index(index_records, target / EVIDENCE_INDEX_NAME, index_sources)
-    names = [*MODEL_FILES, EVIDENCE_INDEX_NAME]
+    names = [*files, EVIDENCE_INDEX_NAME]
     write_checksums(target, names)
     return {
         "files": {name: (target / name).stat().st_size for name in names},

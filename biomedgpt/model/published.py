@@ -384,7 +384,7 @@ def load_model_folder(directory: str | Path, dtype: str | torch.dtype | None = N
     LoadReport). Same result as `BioMedGPT.from_pretrained`, without ever materialising random weights."""
     from biomedgpt.config import BioMedGPTConfig
     from biomedgpt.io import verify_checksums
-    from biomedgpt.model.biomedgpt import CONFIG_NAME, LM_SUBDIR, WEIGHTS_NAME, build_lm
+    from biomedgpt.model.biomedgpt import CONFIG_NAME, LM_SUBDIR, WEIGHTS_NAME, build_lm, merge_lora
 
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file():
@@ -416,6 +416,9 @@ def load_model_folder(directory: str | Path, dtype: str | torch.dtype | None = N
     resolved, report = _load(model, sources, device_map, max_memory, drop=OPENBIOMED_DROP, skip=skip)
     if skip and resolved:
         model.llm.to(_lookup(resolved, "llm"))
+    if config.lm.lora is not None:  # merged after streaming: the adapter's weights land on each layer's device
+        model.llm = merge_lora(model.llm, directory / config.lm.lora)
+    model.lora_adapter = directory / config.lm.lora if config.lm.lora else None
     model.lm_modified = config.lm.name_or_path == LM_SUBDIR
     return model.eval(), report
 

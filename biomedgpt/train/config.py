@@ -87,6 +87,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    # Retrieval-augmented prompts (saved in the model config): k nearest known entities before each question,
+    # from the start model's evidence index (its folder's, else the repository's); None keeps the model's value.
+    evidence_in_prompt: int | None = None
     protein_max_residues: int | None = None  # cap protein length for this model (saved with it; CPU runs: ~256)
     mask_ratio: float = 0.15  # encoder stages: fraction of atoms / residues masked (Hu et al. 2020; ESM-2)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPUs that have it, else fp32
@@ -106,6 +109,7 @@ def _check_ranges(config: TrainConfig) -> None:
     checks = [
         ("data.max_length", config.data.max_length >= 8, "must be >= 8"),
         ("data.limit", config.data.limit is None or config.data.limit >= 1, "must be >= 1"),
+        ("evidence_in_prompt", config.evidence_in_prompt is None or config.evidence_in_prompt >= 0, "must be >= 0"),
         ("data.validation_fraction", 0 <= config.data.validation_fraction <= 0.5, "must be in [0, 0.5]"),
         ("optim.lr", config.optim.lr > 0, "must be > 0"),
         ("optim.weight_decay", config.optim.weight_decay >= 0, "must be >= 0"),

@@ -265,7 +265,7 @@ class QAExamples:
                 record = mcq_to_qa(record)
             message = Message("user", record.question, record.molecules, record.proteins)
             try:
-                example = build_example(model, [message], answer=record.answer + eot)
+                example = build_example(model, [message], answer=record.answer + eot, leave_one_out=True)
             except (InvalidSmilesError, InvalidSequenceError) as err:
                 skipped["invalid entity"] += 1
                 logger.warning("skipping record %s: %s", record.id, err)

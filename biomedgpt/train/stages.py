@@ -86,10 +86,16 @@ def _apply_lora(model, config: TrainConfig) -> None:
 
 def _merge_lora(model) -> Callable[[Path], None]:
     def finalize(run_dir: Path) -> None:
-        """Keep the adapter on its own (peft format) and store the merged LM in the model folder."""
+        """Keep the adapter on its own (peft format) and merge it for inference. The saved model refers to
+        the base LM + this adapter when the start model's LM was an unmodified base without an adapter;
+        otherwise (a trained or already-adapted LM) it stores the merged LM."""
         model.llm.save_pretrained(run_dir / "lora-adapter")
         model.llm = model.llm.merge_and_unload()
-        model.lm_modified = True
+        lm = model.config.lm
+        if lm.arch is None and lm.lora is None and not model.lm_modified:
+            model.lora_adapter = run_dir / "lora-adapter"
+        else:
+            model.lm_modified = True
 
     return finalize
 
@@ -192,6 +198,12 @@ def prepare(config: TrainConfig) -> Prepared:
     if config.protein_max_residues is not None and model.config.protein is not None:
         # Longer proteins are cut to their first residues, in training and (saved in the config) inference alike.
         model.config.protein.max_residues = config.protein_max_residues
+    if config.evidence_in_prompt is not None:
+        from biomedgpt.inference import attach_evidence_index
+
+        model.config.evidence_in_prompt = config.evidence_in_prompt
+        start_dir = Path(config.model) if Path(config.model).is_dir() else None
+        attach_evidence_index(model, start_dir)
     if config.stage in ("encoder-molecule", "encoder-protein"):
         prepared = _prepare_encoder_stage(config, model)
     else:

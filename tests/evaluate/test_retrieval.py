@@ -101,3 +101,51 @@ def test_a_molecule_without_inchikey_never_counts_as_a_duplicate():
     assert index.without({""})[1] == 0
     assert index.query_molecule("CCO", k=1, question="What is it?")[0].id == "ethanol"
     assert index.query_molecule("CCO", k=1, question="Another question?") == []
+
+
+# ---------------------------------------------------------------------- retrieval-augmented prompts
+def _user(smiles=(), proteins=()):
+    from biomedgpt.inference import Message
+
+    return Message("user", "Describe it.", list(smiles), list(proteins))
+
+
+def test_leave_one_out_never_returns_the_query_itself(index):
+    from biomedgpt.retrieval import find_evidence
+
+    aspirin = "OC(=O)c1ccccc1OC(C)=O"  # written differently: identity is by InChIKey, not by string
+    plain = find_evidence(index, [_user([aspirin], [PROTEIN_A])], k=2)
+    assert [n["id"] for n in plain[0]["neighbors"]] == ["aspirin", "salicylic"]
+    assert plain[1]["neighbors"][0]["id"] == "protA"
+    held_out = find_evidence(index, [_user([aspirin], [PROTEIN_A])], k=2, leave_one_out=True)
+    assert held_out[0]["neighbors"][0]["id"] == "salicylic"
+    assert len(held_out[0]["neighbors"]) == 2 and all(n["id"] != "aspirin" for n in held_out[0]["neighbors"])
+    assert [n["id"] for n in held_out[1]["neighbors"]] == ["protB"]
+
+
+def test_evidence_prompt_format(index):
+    from biomedgpt.retrieval import EVIDENCE_HEADERS, find_evidence, with_evidence
+
+    evidence = find_evidence(index, [_user([MOLECULES["aspirin"]], [PROTEIN_B])], k=1)
+    text = with_evidence("Describe it.", evidence)
+    assert text == (f"{EVIDENCE_HEADERS['molecule']}\n1. (1.00) about aspirin\n\n"
+                    f"{EVIDENCE_HEADERS['protein']}\n1. (1.00) What is it? about protB\n\nDescribe it.")
+    assert with_evidence("Describe it.", []) == "Describe it."
+
+
+def test_model_trained_with_evidence_gets_it_in_every_prompt(index, tiny_model_factory):
+    """`config.evidence_in_prompt` puts the evidence into the prompt the LM sees (inference and training)."""
+    from biomedgpt.inference import build_example
+
+    model = tiny_model_factory()
+    message = _user([MOLECULES["caffeine"]])
+    plain = build_example(model, [message])
+    model.config.evidence_in_prompt, model.evidence_index = 1, index
+    rag = build_example(model, [message])
+    text = model.tokenizer.decode([i for i in rag.input_ids if i >= 0])
+    assert "1. (1.00) about caffeine" in text and text.index("about caffeine") < text.index("Describe it.")
+    assert len(rag.input_ids) > len(plain.input_ids)
+    training = model.tokenizer.decode([i for i in build_example(model, [message], leave_one_out=True).input_ids
+                                       if i >= 0])
+    assert "about caffeine" not in training and "1. (" in training
+    assert build_example(model, [_user()]).input_ids == build_example(model, [_user()], leave_one_out=True).input_ids

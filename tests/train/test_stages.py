@@ -180,3 +180,43 @@ def test_validation_fraction_holds_out_training_items(make_config, train_files):
     summary = train(config)
     rows = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val_loss" in r] == [1, 2] and summary["val_loss"] > 0
+
+
+def test_finetune_ships_a_lora_adapter_over_a_referenced_base_lm(make_config, train_files, tiny_model, tmp_path):
+    """A start model whose LM is a referenced base (not a copy) saves base + `lora/` (no merged LM), loads back
+    to the merged weights, exports with the adapter, and records its retrieval-augmented prompts."""
+    import copy
+
+    from biomedgpt.config import LMConfig
+    from biomedgpt.data.records import read_qa
+    from biomedgpt.model.export import export_model
+    from biomedgpt.retrieval import RetrievalIndex
+
+    base = tmp_path / "base-lm"
+    tiny_model.llm.save_pretrained(base)
+    config = copy.deepcopy(tiny_model.config)
+    config.lm = LMConfig(name_or_path=str(base), tokenizer="bytes")
+    start = BioMedGPT.from_config(config)
+    start.load_state_dict(tiny_model.state_dict())
+    start.save_pretrained(tmp_path / "start")
+    assert not (tmp_path / "start" / "lm").exists()
+    RetrievalIndex.from_records(read_qa(train_files["qa"])).save(tmp_path / "start" / "index.json.gz")
+
+    run = make_config("finetune", train_files["qa"], model=str(tmp_path / "start"), evidence_in_prompt=1,
+                      data={"max_length": 1500},  # byte tokens; the evidence lengthens every prompt
+                      schedule={"batch_size": 6, "max_steps": 6}, optim={"lr": 3e-2})
+    train(run)
+    saved = Path(run.output_dir) / "model"
+    assert not (saved / "lm").exists() and (saved / "lora" / "adapter_model.safetensors").is_file()
+    saved_config = json.loads((saved / "config.json").read_text())
+    assert saved_config["lm"]["lora"] == "lora" and saved_config["lm"]["name_or_path"] == str(base)
+    assert saved_config["evidence_in_prompt"] == 1
+    tuned = BioMedGPT.from_pretrained(saved)
+    assert not _same(tiny_model.state_dict(), tuned.state_dict(), "llm.model.layers.0.self_attn.q_proj")
+    assert not any("lora" in key for key in tuned.state_dict())
+
+    summary = export_model(saved, tmp_path / "shipped", [train_files["qa"]], index_sources=("",))
+    assert "lora/adapter_model.safetensors" in summary["files"]
+    shipped = BioMedGPT.from_pretrained(tmp_path / "shipped")  # checksums verified
+    for key, value in tuned.state_dict().items():
+        assert torch.allclose(value, shipped.state_dict()[key], atol=1e-6), key
