@@ -145,25 +145,39 @@ class _MoleculeTable:
 
 
 class _ProteinTable:
+    """Proteins with a k-mer inverted index over their distinct sequences (one protein is indexed once per
+    question), built on the first query: loading the shipped index is part of every `ask`'s start-up, and a
+    question about a molecule never needs it."""
+
     def __init__(self, entries: list[Entry], candidates: int) -> None:
         self.entries, self.candidates = entries, candidates
-        kmers = [_kmer_codes(e.entity) for e in entries]
-        self.kmer_counts = np.array([len(codes) for codes in kmers], dtype=np.float64)
-        postings: dict[int, list[int]] = {}
-        for row, codes in enumerate(kmers):
-            for code in codes.tolist():
-                postings.setdefault(code, []).append(row)
-        self.postings = {code: np.asarray(rows, dtype=np.int64) for code, rows in postings.items()}
+        self._postings: dict[int, np.ndarray] | None = None
         self._aligner = None
 
+    def _build(self) -> None:
+        sequence_ids: dict[str, int] = {}
+        self.entry_sequence = np.array([sequence_ids.setdefault(e.entity, len(sequence_ids)) for e in self.entries],
+                                       dtype=np.int64)
+        kmers = [_kmer_codes(sequence) for sequence in sequence_ids]
+        self.kmer_counts = np.array([len(codes) for codes in kmers], dtype=np.float64)
+        # k-mer code -> distinct sequences holding it (ascending), with one sort instead of a loop over k-mers
+        codes = np.concatenate(kmers) if kmers else np.zeros(0, dtype=np.int64)
+        rows = np.repeat(np.arange(len(kmers), dtype=np.int64), [len(c) for c in kmers])
+        order = np.argsort(codes, kind="stable")
+        codes, rows = codes[order], rows[order]
+        unique, starts = np.unique(codes, return_index=True)
+        self._postings = dict(zip(unique.tolist(), np.split(rows, starts[1:]) if len(unique) else []))
+
     def prefilter(self, sequence: str, n: int, mask: np.ndarray | None = None) -> np.ndarray:
-        """Rows of the `n` pool sequences (among `mask`, default all) sharing the largest fraction of unique
-        k-mers with `sequence`."""
+        """Rows of the `n` pool entries (among `mask`, default all) whose sequence shares the largest fraction of
+        unique k-mers with `sequence`."""
+        if self._postings is None:
+            self._build()
         codes = _kmer_codes(sequence)
-        hits = [self.postings[c] for c in codes.tolist() if c in self.postings]
-        shared = np.bincount(np.concatenate(hits), minlength=len(self.entries)) if hits else \
-            np.zeros(len(self.entries), dtype=np.int64)
-        fraction = shared / np.maximum(1.0, np.maximum(len(codes), self.kmer_counts))
+        hits = [self._postings[c] for c in codes.tolist() if c in self._postings]
+        shared = np.bincount(np.concatenate(hits), minlength=len(self.kmer_counts)) if hits else \
+            np.zeros(len(self.kmer_counts), dtype=np.int64)
+        fraction = (shared / np.maximum(1.0, np.maximum(len(codes), self.kmer_counts)))[self.entry_sequence]
         if mask is not None:
             fraction = np.where(mask, fraction, -1.0)
         order = np.argsort(-fraction, kind="stable")[:n]

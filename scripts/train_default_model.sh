@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train biomedgpt-small on this machine with the project's own pipeline, then export only the parts we trained
-# (encoders + adapters, and the evidence index) into models/biomedgpt-small/. Run from the repository root after
+# (encoders, adapters, the LoRA adapter, and the evidence index) into models/biomedgpt-small/. Run from the repository root after
 # scripts/build_training_data.sh. Each stage resumes if interrupted (re-run this script; finished stages are
 # skipped). The step budgets below are the CPU budget of the shipped model (see models/biomedgpt-small/MODEL_CARD.md).
 set -euo pipefail
@@ -9,24 +9,39 @@ BIN=${BIN:-.venv/bin}
 RUNS=${RUNS:-runs/small}
 OUT=${OUT:-models/biomedgpt-small}
 MOL_EPOCHS=${MOL_EPOCHS:-2}
-PROT_STEPS=${PROT_STEPS:-150}
-ALIGN_STEPS=${ALIGN_STEPS:-400}
+PROT_STEPS=${PROT_STEPS:-60}
+ALIGN_STEPS=${ALIGN_STEPS:-120}
+FINETUNE_STEPS=${FINETUNE_STEPS:-400}
 
-stage() {  # stage NAME CONFIG [overrides...]: run (or resume) one training stage unless its model/ exists
-  local name=$1 config=$2; shift 2
+stage() {  # stage NAME STAGE CONFIG [overrides...]: run (or resume) one stage into $RUNS/NAME unless done
+  local name=$1 kind=$2 config=$3; shift 3
   if [ -f "$RUNS/$name/model/config.json" ]; then echo "== $name: done ($RUNS/$name/model)"; return; fi
   local resume=()
   [ -d "$RUNS/$name" ] && resume=(--resume)
   echo "== $name"
-  /usr/bin/time -f "$name wall %e s, peak RSS %M kB" "$BIN/biomedgpt" train "$name" --config "$config" \
+  /usr/bin/time -f "$name wall %e s, peak RSS %M kB" "$BIN/biomedgpt" train "$kind" --config "$config" \
     output_dir="$RUNS/$name" "$@" "${resume[@]}"
 }
 
-stage encoder-molecule configs/small/encoder-molecule.yaml schedule.epochs="$MOL_EPOCHS" schedule.eval_every=100
-stage encoder-protein configs/small/encoder-protein.yaml model="$RUNS/encoder-molecule/model" \
+# A fixed, seeded sample of 1,000 protein QA records (all four questions) beside all molecule QA in finetuning.
+if [ ! -f "$RUNS/protein_qa_train_1000.jsonl" ]; then
+  mkdir -p "$RUNS"
+  "$BIN/python" - "$RUNS/protein_qa_train_1000.jsonl" <<'PY'
+import random, sys
+rows = open("data/build/protein_qa_train.jsonl").readlines()
+random.Random(0).shuffle(rows)
+open(sys.argv[1], "w").writelines(rows[:1000])
+PY
+fi
+
+stage encoder-molecule encoder-molecule configs/small/encoder-molecule.yaml schedule.epochs="$MOL_EPOCHS" schedule.eval_every=100
+stage encoder-protein encoder-protein configs/small/encoder-protein.yaml model="$RUNS/encoder-molecule/model" \
   schedule.max_steps="$PROT_STEPS" schedule.eval_every=50
-stage align configs/small/align.yaml model="$RUNS/encoder-protein/model" schedule.max_steps="$ALIGN_STEPS"
+stage align align configs/small/align.yaml model="$RUNS/encoder-protein/model" schedule.max_steps="$ALIGN_STEPS" \
+  "data.train=[data/build/molecule_qa_train.jsonl]" data.max_length=256 threads=1
+stage finetune-rag finetune configs/small/finetune-rag.yaml model="$RUNS/align/model" schedule.max_steps="$FINETUNE_STEPS" \
+  "data.train=[data/build/molecule_qa_train.jsonl,$RUNS/protein_qa_train_1000.jsonl]"
 
 echo "== export to $OUT"
-"$BIN/python" -m biomedgpt.model.export "$RUNS/align/model" "$OUT" \
+"$BIN/python" -m biomedgpt.model.export "$RUNS/finetune-rag/model" "$OUT" \
   --index-records data/build/molecule_qa_train.jsonl data/build/protein_qa_train.jsonl
