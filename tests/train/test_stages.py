@@ -220,3 +220,29 @@ def test_finetune_ships_a_lora_adapter_over_a_referenced_base_lm(make_config, tr
     shipped = BioMedGPT.from_pretrained(tmp_path / "shipped")  # checksums verified
     for key, value in tuned.state_dict().items():
         assert torch.allclose(value, shipped.state_dict()[key], atol=1e-6), key
+
+
+def test_merge_lora_without_peft_equals_peft(tiny_model_factory, tmp_path):
+    """The plain-LoRA merge (no peft import at load) gives peft's merged weights; other adapter kinds go to peft."""
+    from peft import LoraConfig, get_peft_model
+
+    from biomedgpt.model.biomedgpt import merge_lora
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    adapted = get_peft_model(tiny_model_factory().llm, lora)
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)  # peft starts B at zero: make the update non-trivial
+    adapted.save_pretrained(tmp_path / "adapter")
+    expected = adapted.merge_and_unload().state_dict()
+    merged = merge_lora(tiny_model_factory().llm, tmp_path / "adapter").state_dict()
+    base = tiny_model_factory().llm.state_dict()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], base[q])
+    for key, value in expected.items():
+        assert torch.allclose(merged[key], value, atol=1e-6), key
+
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    rslora = merge_lora(tiny_model_factory().llm, tmp_path / "adapter")  # peft's path: scale alpha / sqrt(r)
+    assert not torch.allclose(rslora.state_dict()[q], expected[q])
