@@ -149,3 +149,17 @@ def test_model_trained_with_evidence_gets_it_in_every_prompt(index, tiny_model_f
                                        if i >= 0])
     assert "about caffeine" not in training and "1. (" in training
     assert build_example(model, [_user()]).input_ids == build_example(model, [_user()], leave_one_out=True).input_ids
+
+
+def test_load_model_attaches_the_folder_index_when_trained_with_evidence(index, tiny_model_factory, tmp_path):
+    from biomedgpt.inference import load_model
+
+    model = tiny_model_factory()
+    model.save_pretrained(tmp_path / "plain")
+    assert getattr(load_model(str(tmp_path / "plain")), "evidence_index", None) is None  # k = 0: nothing loaded
+    model.config.evidence_in_prompt = 2
+    model.save_pretrained(tmp_path / "rag")
+    index.save(tmp_path / "rag" / "index.json.gz")
+    loaded = load_model(str(tmp_path / "rag"))
+    assert loaded.config.evidence_in_prompt == 2
+    assert [e.id for e in loaded.evidence_index.molecules] == [e.id for e in index.molecules]
