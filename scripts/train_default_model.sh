@@ -43,5 +43,4 @@ stage finetune-rag finetune configs/small/finetune-rag.yaml model="$RUNS/align/m
   "data.train=[data/build/molecule_qa_train.jsonl,$RUNS/protein_qa_train_1000.jsonl]"
 
 echo "== export to $OUT"
-"$BIN/python" -m biomedgpt.model.export "$RUNS/finetune-rag/model" "$OUT" \
-  --index-records data/build/molecule_qa_train.jsonl data/build/protein_qa_train.jsonl
+"$BIN/python" -m biomedgpt.model.export "$RUNS/finetune-rag/model" "$OUT"  # evidence: models/evidence/

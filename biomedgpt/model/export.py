@@ -1,7 +1,9 @@
 """Export a trained model folder for shipping: only the weights we trained, the evidence index, checksums.
 
-    python -m biomedgpt.model.export runs/small/align/model models/biomedgpt-small \
-        --index-records data/build/molecule_qa_train.jsonl data/build/protein_qa_train.jsonl
+    python -m biomedgpt.model.export runs/small/finetune-rag/model models/biomedgpt-small
+
+With `--index-records`, the folder also gets its own evidence index (`index.json.gz`); without, the model uses the
+repository's `models/evidence/index.json.gz` (the default model does, so git holds one copy of it).
 
 The evidence index is built only from records whose `source` is in `--index-sources` (default: the sets whose
 license allows redistribution with attribution: ChEBI-20 (CC BY 4.0), the FAPM Swiss-Prot GO tables and DeepLoc
@@ -35,7 +37,7 @@ def build_evidence_index(
 
 
 def export_model(
-    source: Path, target: Path, index_records: list[Path], index_sources: tuple[str, ...] = SHIPPABLE_SOURCES
+    source: Path, target: Path, index_records: list[Path] | None, index_sources: tuple[str, ...] = SHIPPABLE_SOURCES
 ) -> dict:
     """Copy config + encoder/adapter weights + a LoRA adapter if any (never an LM copy: the base LM is referenced
     by id), build the evidence index, write SHA256SUMS. Returns sizes and counts for the model card."""
@@ -53,13 +55,16 @@ def export_model(
     for name in files:
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, target / name)
-    index = build_evidence_index(index_records, target / EVIDENCE_INDEX_NAME, index_sources)
-    names = [*files, EVIDENCE_INDEX_NAME]
+    names = list(files)
+    index = None
+    if index_records:  # else the model uses the repository's models/evidence/ index (no second copy in git)
+        index = build_evidence_index(index_records, target / EVIDENCE_INDEX_NAME, index_sources)
+        names.append(EVIDENCE_INDEX_NAME)
     write_checksums(target, names)
     return {
         "files": {name: (target / name).stat().st_size for name in names},
-        "index_molecules": len(index.molecules),
-        "index_proteins": len(index.proteins),
+        "index_molecules": len(index.molecules) if index else 0,
+        "index_proteins": len(index.proteins) if index else 0,
     }
 
 
@@ -69,11 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", type=Path, nargs="?", help="where to write the shippable model folder")
     parser.add_argument("--index-only", type=Path, metavar="PATH",
                         help="only build the evidence index at PATH (e.g. models/evidence/index.json.gz)")
-    parser.add_argument("--index-records", type=Path, nargs="+", required=True, help="QA JSONL of the pool")
+    parser.add_argument("--index-records", type=Path, nargs="+",
+                        help="QA JSONL of the pool, for an evidence index inside the model folder (without it, the "
+                             "model uses the repository's models/evidence/index.json.gz)")
     parser.add_argument("--index-sources", nargs="+", default=list(SHIPPABLE_SOURCES),
                         help="record sources allowed into the shipped index")
     args = parser.parse_args(argv)
     if args.index_only:
+        if not args.index_records:
+            parser.error("--index-only needs --index-records")
         index = build_evidence_index(args.index_records, args.index_only, tuple(args.index_sources))
         print(f"{args.index_only}: {len(index.molecules)} molecules, {len(index.proteins)} proteins, "
               f"{args.index_only.stat().st_size / 1e6:.1f} MB")
@@ -83,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = export_model(args.source, args.target, args.index_records, tuple(args.index_sources))
     for name, size in summary["files"].items():
         print(f"{name}: {size / 1e6:.1f} MB")
-    print(f"evidence index: {summary['index_molecules']} molecules, {summary['index_proteins']} proteins")
+    if args.index_records:
+        print(f"evidence index: {summary['index_molecules']} molecules, {summary['index_proteins']} proteins")
     return 0
 
 
