@@ -68,6 +68,27 @@ def test_default_small_model_answers_from_the_bundled_smollm2():
     assert result.returncode == 0 and "insulin" in result.stdout.lower(), result.stdout
 
 
+@pytest.mark.slow
+def test_the_shipped_default_model_is_used_and_reads_its_evidence():
+    """`make demo`'s path: no --model → models/biomedgpt-small (checksums verified on load), whose prompts carry
+    the evidence it was trained with; it writes a ChEBI-style description of a molecule."""
+    from pathlib import Path
+
+    from biomedgpt.inference import REPO_MODEL_DIR, default_model_path
+
+    if not (REPO_MODEL_DIR / "config.json").is_file():
+        pytest.skip("models/biomedgpt-small is not in this checkout")
+    if os.environ.get("BIOMEDGPT_MODEL"):
+        pytest.skip("BIOMEDGPT_MODEL overrides the default model")
+    assert Path(default_model_path()) == REPO_MODEL_DIR
+    result = run("ask", "--max-new-tokens", "12", "--evidence", "1", "--smiles", "CCCCCCCCCCCCCCCC(=O)O",
+                 "Please describe this molecule.", timeout=600)
+    assert result.returncode == 0, result.stderr
+    answer, _, evidence = result.stdout.partition("Evidence")
+    assert answer.strip().startswith("The molecule is"), result.stdout
+    assert "chebi20-validation:" in evidence
+
+
 def _records():
     from biomedgpt.data.records import QARecord
 
