@@ -114,8 +114,9 @@ def load_model(name_or_path: str | None = None) -> BioMedGPT:
 
 def attach_evidence_index(model: BioMedGPT, model_dir: str | Path | None) -> BioMedGPT:
     """Give a model trained with retrieval-augmented prompts (`config.evidence_in_prompt` > 0) its evidence
-    index: the model folder's `index.json.gz`, else the repository's shipped index."""
-    if model.config.evidence_in_prompt > 0:
+    index: the model folder's `index.json.gz`, else the repository's shipped index (once: a model that already
+    has one keeps it)."""
+    if model.config.evidence_in_prompt > 0 and model.evidence_index is None:
         from biomedgpt.retrieval import load_index, model_index_path
 
         path = model_index_path(model_dir)
@@ -129,7 +130,7 @@ def attach_evidence_index(model: BioMedGPT, model_dir: str | Path | None) -> Bio
 def _with_evidence(model: BioMedGPT, message: Message, leave_one_out: bool) -> str:
     """The message text, preceded by the evidence of its entities when the model was trained that way."""
     k = model.config.evidence_in_prompt
-    index = getattr(model, "evidence_index", None)
+    index = model.evidence_index
     if k <= 0 or index is None or message.role != "user" or not (message.smiles or message.proteins):
         return message.text
     from biomedgpt.retrieval import find_evidence, with_evidence

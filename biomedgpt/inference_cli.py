@@ -79,22 +79,25 @@ def run_ask(args) -> int:
     done = time.perf_counter()
     print(answer)
     if args.evidence > 0 and (args.smiles or args.protein):
-        _print_evidence(args)
+        _print_evidence(args, model)
     if args.timing:
         print(f"[load {loaded - start:.2f} s, answer {done - loaded:.2f} s]", file=sys.stderr)
     return 0
 
 
-def _print_evidence(args) -> None:
+def _print_evidence(args, model) -> None:
     """Nearest known entities with their annotations, so the reader can check the answer against them."""
     from biomedgpt.inference import Message, default_model_path
     from biomedgpt.retrieval import find_evidence, load_index, model_index_path
 
-    path = args.index or model_index_path(args.model or default_model_path())
-    if path is None:
-        return
+    index = None if args.index else model.evidence_index  # the model's own, when it reads evidence in its prompts
+    if index is None:
+        path = args.index or model_index_path(args.model or default_model_path())
+        if path is None:
+            return
+        index = load_index(path)
     messages = [Message("user", args.question, args.smiles, args.protein)]
-    for item in find_evidence(load_index(path), messages, args.evidence):
+    for item in find_evidence(index, messages, args.evidence):
         query = item["query"] if len(item["query"]) <= 40 else item["query"][:37] + "..."
         print(f"\nEvidence: known {item['type']}s most similar to {query}")
         for neighbor in item["neighbors"]:

@@ -129,6 +129,8 @@ class BioMedGPT(nn.Module):
         # then `save_pretrained` must store them; otherwise the checkpoint only references the base LM.
         self.lm_modified = config.lm.arch is not None
         self.lora_adapter: Path | None = None  # set when the LM is its base + this LoRA adapter (merged)
+        # the nearest-neighbour index read into prompts when config.evidence_in_prompt > 0 (inference.load_model)
+        self.evidence_index = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -207,10 +209,9 @@ class BioMedGPT(nn.Module):
         config = copy.deepcopy(self.config)
         save_lm = self.lm_modified if save_lm is None else save_lm
         names = [CONFIG_NAME]
-        lora_source = getattr(self, "lora_adapter", None)
-        if lora_source is not None and not save_lm:
+        if self.lora_adapter is not None and not save_lm:
             # base LM by reference + the adapter (a few MB) instead of a merged LM copy
-            names += self._copy_lora(Path(lora_source), directory)
+            names += self._copy_lora(Path(self.lora_adapter), directory)
             config.lm.lora = LORA_SUBDIR
         if save_lm:
             shard_kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}

@@ -85,10 +85,12 @@ def run_serve(args) -> int:
             max_body_bytes=args.max_body_bytes, engine=args.engine, quantize=args.quantize)
     except ValueError as err:
         raise UserError(str(err)) from None
-    index_path = args.index or model_index_path(args.model or default_model_path())
-    index = load_index(index_path) if index_path else None  # before the model: a bad path fails fast
+    index = load_index(args.index) if args.index else None  # before the model: a bad path fails fast
     _quiet_transformers()
     model = load_model(args.model)
+    if index is None:  # the model's own (it reads evidence in its prompts), else the default for its folder
+        index_path = None if model.evidence_index is not None else model_index_path(args.model or default_model_path())
+        index = load_index(index_path) if index_path else model.evidence_index
     if args.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
     app = create_app(model, cfg, index)
