@@ -42,6 +42,7 @@ class GenerationSettings:
     temperature: float = 0.0  # 0 = greedy (deterministic); > 0 samples
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    num_beams: int = 1  # > 1: HF beam search (greedy only; the fast loop hands these to HF generate)
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     engine: str | None = None  # "fast" | "hf"; None = biomedgpt.model.fast_decode.DEFAULT_ENGINE
@@ -62,6 +63,10 @@ class GenerationSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.num_beams > 1 and self.temperature > 0:
+            raise ValueError("num_beams > 1 is beam search, which is greedy: set temperature to 0")
 
     def generate_kwargs(self, tokenizer) -> dict:
         kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
@@ -69,6 +74,8 @@ class GenerationSettings:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.num_beams > 1:
+            kwargs["num_beams"] = self.num_beams
         if self.stop:
             kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
         if self.engine is not None:

@@ -261,8 +261,7 @@ class RetrievalIndex:
     # ------------------------------------------------------------------ queries
     def has_question(self, kind: str, question: str) -> bool:
         """Whether any indexed molecule / protein entry came from a record with exactly this question."""
-        entries = self.molecules if kind == MOLECULE else self.proteins
-        return any(e.question == question for e in entries)
+        return bool(self._mask(kind, question).any())
 
     def _mask(self, kind: str, question: str | None, exclude_key: str | None = None) -> np.ndarray | None:
         """Boolean mask [pool size] of the entries asked `question` (None: no restriction) whose key is not
@@ -368,20 +367,27 @@ def find_evidence(index: RetrievalIndex, messages, k: int, leave_one_out: bool =
     for each distinct entity of the user messages (objects with `role`, `smiles`, `proteins`), in order.
 
     `leave_one_out`: never return the entity itself (same InChIKey / sequence), for training records that are
-    in the pool, so that they see the evidence a new molecule or protein would see."""
+    in the pool, so that they see the evidence a new molecule or protein would see.
+
+    When the pool holds annotations that answer exactly the message's question (a protein is indexed once per
+    question: function, component, location), only those are searched, as the nearest-neighbour baseline does:
+    a location question then sees its neighbours' locations, not their GO terms."""
     evidence, seen = [], set()
     for message in messages:
         if message.role != "user":
             continue
+        question = message.text.strip()
         queries = [(MOLECULE, s) for s in message.smiles] + [(PROTEIN, p) for p in message.proteins]
         for kind, query in queries:
             if (kind, query) in seen:
                 continue
             seen.add((kind, query))
+            same = question if question and index.has_question(kind, question) else None
             if kind == MOLECULE:
-                found = index.query_molecule(query, k, exclude_key=inchikey(query) if leave_one_out else None)
+                found = index.query_molecule(query, k, same, exclude_key=inchikey(query) if leave_one_out else None)
             else:
-                found = index.query_protein(query, k, exclude_key=clean_sequence(query) if leave_one_out else None)
+                found = index.query_protein(query, k, same,
+                                            exclude_key=clean_sequence(query) if leave_one_out else None)
             evidence.append({"type": kind, "query": query, "neighbors": [n.to_dict() for n in found]})
     return evidence
 

@@ -38,6 +38,10 @@ def register(subparsers) -> None:
                     help="generation cap (default 128 for qa, 16 for mcq --protocol generate)")
     ev.add_argument("--repetition-penalty", type=float, default=1.1,
                     help="generation repetition penalty (default 1.1, as `biomedgpt ask`)")
+    ev.add_argument("--num-beams", type=int, default=1,
+                    help="beam search width for generation (default 1 = greedy)")
+    ev.add_argument("--quantize", choices=("none", "bf16", "int8", "int4"), default=None,
+                    help="LM weights for generation (fast engine; default: biomedgpt.model.fast_decode's default)")
     ev.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     ev.set_defaults(func=run_eval)
 
@@ -71,6 +75,10 @@ def _build_spec(args):
         default_tokens = 128 if args.task == "qa" else 16
         generation = {"max_new_tokens": args.max_new_tokens or default_tokens,
                       "repetition_penalty": args.repetition_penalty}
+        if args.num_beams != 1:  # only when asked, so earlier runs' specs (and resumption) stay the same
+            generation["num_beams"] = args.num_beams
+        if args.quantize is not None:
+            generation["quantize"] = args.quantize
     model = args.model if is_baseline or not Path(args.model).is_dir() else str(Path(args.model).resolve())
     return RunSpec(
         task=args.task, model=model, data=str(Path(args.data).resolve()), data_sha256=_sha256(args.data),

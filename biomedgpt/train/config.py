@@ -65,6 +65,10 @@ class LoRAConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # When the start model's LM is a base + LoRA adapter (e.g. the shipped biomedgpt-small), train that adapter
+    # further (its own r / alpha / targets; the saved model stays base-by-reference + lora/). False: merge it and
+    # put a new adapter on top (the saved model then carries the whole merged LM).
+    continue_adapter: bool = True
 
 
 @dataclass

@@ -12,6 +12,7 @@ the same for all five; `prepare` turns a `TrainConfig` into a model, an objectiv
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -73,6 +74,9 @@ def _apply_lora(model, config: TrainConfig) -> None:
     from peft import LoraConfig, get_peft_model
 
     lora = config.trainable.lora
+    if lora.continue_adapter and model.lora_adapter is not None and not model.lm_modified:
+        _continue_lora(model, Path(model.lora_adapter))
+        return
     names = {name.rsplit(".", 1)[-1] for name, _ in model.llm.named_modules()}
     unknown = [t for t in lora.target_modules if t not in names]
     if unknown:
@@ -82,6 +86,23 @@ def _apply_lora(model, config: TrainConfig) -> None:
     with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model.llm = get_peft_model(model.llm, peft_config)
+
+
+def _continue_lora(model, adapter_dir: Path) -> None:
+    """Train the start model's own adapter further: reload its base LM exactly (the loaded LM has the adapter
+    merged in) and wrap it with the adapter, trainable. The finalized model is again base + `lora/`."""
+    from peft import PeftModel
+
+    from biomedgpt.model.biomedgpt import build_lm
+
+    base_config = copy.deepcopy(model.config)
+    base_config.lm.lora = None
+    base_llm, _ = build_lm(base_config, base_dir=adapter_dir.parent)
+    logger.info("continuing the start model's LoRA adapter %s (its own r / alpha / target modules)", adapter_dir)
+    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model.llm = PeftModel.from_pretrained(base_llm.to(model.device), str(adapter_dir), is_trainable=True)
+    model.config.lm.lora, model.lora_adapter = None, None  # now: the plain base under a trainable adapter
 
 
 def _merge_lora(model) -> Callable[[Path], None]:

@@ -163,3 +163,25 @@ def test_load_model_attaches_the_folder_index_when_trained_with_evidence(index, 
     loaded = load_model(str(tmp_path / "rag"))
     assert loaded.config.evidence_in_prompt == 2
     assert [e.id for e in loaded.evidence_index.molecules] == [e.id for e in index.molecules]
+
+
+def test_evidence_answers_the_same_question_when_the_pool_has_it():
+    """A protein indexed once per question: a location question sees its neighbours' locations (as the
+    nearest-neighbour baseline does); a question the pool never saw searches every annotation."""
+    from biomedgpt.inference import Message
+    from biomedgpt.retrieval import find_evidence
+
+    def record(name, question, answer, protein):
+        return QARecord(id=name, question=question, answer=answer, molecules=[], proteins=[protein])
+
+    where, what = "Where is it?", "What does it do?"
+    index = RetrievalIndex.from_records([record("A-func", what, "kinase", PROTEIN_A),
+                                         record("B-loc", where, "nucleus", PROTEIN_B),
+                                         record("A-loc", where, "cytoplasm", PROTEIN_A[:200])])
+    query = PROTEIN_A[:250]
+    located = find_evidence(index, [Message("user", f" {where} ", proteins=[query])], k=2)[0]["neighbors"]
+    assert [n["id"] for n in located] == ["A-loc", "B-loc"]
+    function = find_evidence(index, [Message("user", what, proteins=[query])], k=2)[0]["neighbors"]
+    assert [n["id"] for n in function] == ["A-func"]
+    unseen = find_evidence(index, [Message("user", "Tell me about it.", proteins=[query])], k=3)[0]["neighbors"]
+    assert {n["id"] for n in unseen} == {"A-func", "A-loc", "B-loc"}

@@ -222,6 +222,25 @@ def test_finetune_ships_a_lora_adapter_over_a_referenced_base_lm(make_config, tr
     for key, value in tuned.state_dict().items():
         assert torch.allclose(value, shipped.state_dict()[key], atol=1e-6), key
 
+    # Finetuning the shipped folder again continues its adapter: same function at the start, base + lora/ after.
+    from biomedgpt.train.stages import _apply_lora
+
+    again = make_config("finetune", train_files["qa"], model=str(tmp_path / "shipped"), evidence_in_prompt=1,
+                        output_dir=str(tmp_path / "run-again"), data={"max_length": 1500},
+                        schedule={"batch_size": 6, "max_steps": 3}, optim={"lr": 3e-2})
+    wrapped = BioMedGPT.from_pretrained(tmp_path / "shipped")
+    _apply_lora(wrapped, again)
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    assert torch.allclose(wrapped.llm(input_ids=ids).logits, shipped.llm(input_ids=ids).logits, atol=1e-5)
+    assert sum(p.requires_grad for p in wrapped.llm.parameters()) > 0
+    train(again)
+    continued = Path(again.output_dir) / "model"
+    assert not (continued / "lm").exists() and (continued / "lora" / "adapter_model.safetensors").is_file()
+    assert json.loads((continued / "config.json").read_text())["lm"]["name_or_path"] == str(base)
+    before = (tmp_path / "shipped" / "lora" / "adapter_model.safetensors").read_bytes()
+    assert (continued / "lora" / "adapter_model.safetensors").read_bytes() != before
+    BioMedGPT.from_pretrained(continued)  # checksums and the adapter load back
+
 
 def test_merge_lora_without_peft_equals_peft(tiny_model_factory, tmp_path):
     """The plain-LoRA merge (no peft import at load) gives peft's merged weights; other adapter kinds go to peft."""
