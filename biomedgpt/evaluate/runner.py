@@ -142,10 +142,12 @@ def run_predictions(
     """Predict every record not yet in `out/predictions.jsonl`, `batch_size` at a time; return all by id."""
     from tqdm import tqdm
 
+    from biomedgpt.modalities import count_cut_entities
+
     path = out / PREDICTIONS
     done = read_predictions(path)
     pending = [r for r in records if r.id not in done]
-    with open(path, "a", encoding="utf-8") as handle, \
+    with open(path, "a", encoding="utf-8") as handle, count_cut_entities(description), \
             tqdm(total=len(records), initial=len(records) - len(pending), desc=description, unit="item",
                  dynamic_ncols=True) as bar:
         for start in range(0, len(pending), batch_size):

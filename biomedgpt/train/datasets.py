@@ -14,7 +14,6 @@ Formats (`.gz` accepted for text and JSONL):
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import io
@@ -29,6 +28,7 @@ from biomedgpt.constants import IGNORE_INDEX
 from biomedgpt.data.collate import Example, collate, end_of_turn
 from biomedgpt.data.records import MCQRecord, QARecord, RecordError, parse_mcq, parse_qa
 from biomedgpt.errors import InvalidSequenceError, InvalidSmilesError, UserError
+from biomedgpt.modalities import count_cut_entities
 from biomedgpt.modalities.molecule import MoleculeGraph, batch_graphs, smiles_to_graph
 from biomedgpt.modalities.protein import PAD_ID, normalize_sequence, tokenize_sequence
 from biomedgpt.train.objectives import (
@@ -82,37 +82,6 @@ def _column(path: Path, names: tuple[str, ...]) -> Iterator[str]:
         for row in reader:
             if row[column] and row[column].strip():
                 yield row[column].strip()
-
-
-@contextlib.contextmanager
-def _per_item_warnings_counted(kind: str) -> Iterator[None]:
-    """Featurizers warn once per cut protein / molecule; over a training set that is thousands of lines.
-    Count them instead and log one summary line."""
-    names = ("biomedgpt.modalities.protein", "biomedgpt.modalities.molecule")
-    counter = _CountingFilter()
-    for name in names:
-        logging.getLogger(name).addFilter(counter)
-    try:
-        yield
-    finally:
-        for name in names:
-            logging.getLogger(name).removeFilter(counter)
-        if counter.count:
-            logger.warning("%s: %d proteins/molecules were cut to the model's length limit (e.g. %s)", kind,
-                           counter.count, counter.example)
-
-
-class _CountingFilter(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count, self.example = 0, ""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "truncated" in record.getMessage():
-            self.count += 1
-            self.example = self.example or record.getMessage()
-            return False
-        return True
 
 
 def _limited(items: Iterator, limit: int | None) -> list:
@@ -245,7 +214,7 @@ class QAExamples:
         examples: list[Example] = []
         skipped = {"invalid entity": 0, "prompt longer than data.max_length": 0}
         eot = end_of_turn(model.tokenizer)
-        with _per_item_warnings_counted("QA records"):
+        with count_cut_entities("QA records"):
             for path in files:
                 examples += cls._examples(Path(path), model, eot, max_length, limit, skipped)
         if any(skipped.values()):
@@ -296,7 +265,7 @@ class QAExamples:
 def _valid_entities(raw: Iterator[str], parse, limit: int | None, kind: str, files) -> list:
     """Parse each distinct entry (QA files repeat a molecule/protein once per question), skipping bad ones."""
     out, bad = [], 0
-    with _per_item_warnings_counted(kind):
+    with count_cut_entities(kind):
         for text in dict.fromkeys(raw):
             if limit is not None and len(out) >= limit:
                 break

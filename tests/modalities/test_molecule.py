@@ -95,3 +95,18 @@ def test_parsing_matches_rdkit_default_molfromsmiles(smiles):
     assert Chem.MolToSmiles(ours) == Chem.MolToSmiles(reference)
     assert Chem.MolToInchiKey(ours) == Chem.MolToInchiKey(reference)
     assert [a.GetChiralTag() for a in ours.GetAtoms()] == [a.GetChiralTag() for a in reference.GetAtoms()]
+
+
+def test_cut_entities_are_counted_in_one_line(caplog):
+    """Evaluation, batch files and training wrap their loops in `count_cut_entities`: one summary warning."""
+    from biomedgpt.modalities import count_cut_entities
+
+    big = "C" * 300
+    with caplog.at_level(logging.WARNING), count_cut_entities("eval"):
+        for _ in range(3):
+            smiles_to_graph(big, max_atoms=256)
+        logging.getLogger("biomedgpt.modalities.molecule").warning("an unrelated warning still shows")
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("truncated" in m and "eval: 3 proteins/molecules were cut" not in m for m in messages) == 0
+    assert any(m.startswith("eval: 3 proteins/molecules were cut") for m in messages)
+    assert "an unrelated warning still shows" in messages
