@@ -56,12 +56,18 @@ class RunSpec:
 
     @property
     def system(self) -> str:
-        """The name shown in reports: `baseline:nn`, or the model folder name plus its protocol."""
+        """The name shown in reports: `baseline:nn (train: POOL)`, or the model folder name plus its protocol and
+        any generation setting that changes the weights or the search (int8, beams), so that two runs of one
+        benchmark never share a row name."""
         if self.model.startswith("baseline:"):
-            return self.model
+            return f"{self.model} (train: {Path(self.train).stem})" if self.train else self.model
         name = Path(self.model).name or self.model
-        suffix = f" ({self.protocol}, {self.shots}-shot)" if self.task == "mcq" else ""
-        return f"{name}{suffix}"
+        tags = [f"{self.protocol}, {self.shots}-shot"] if self.task == "mcq" else []
+        if self.generation.get("quantize") not in (None, "none"):
+            tags.append(self.generation["quantize"])
+        if self.generation.get("num_beams", 1) > 1:
+            tags.append(f"{self.generation['num_beams']} beams")
+        return f"{name} ({', '.join(tags)})" if tags else name
 
 
 def load_records(task: str, path: str | Path) -> list:

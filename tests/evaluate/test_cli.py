@@ -42,11 +42,11 @@ def test_eval_nn_baseline_writes_predictions_metrics_and_table(qa_files, capsys)
     code = main(["eval", "qa", "--model", "baseline:nn", "--data", str(qa_files / "test.jsonl"),
                  "--train", str(qa_files / "train.jsonl"), "--out", str(out), "--batch-size", "3"])
     assert code == 0
-    assert "| baseline:nn |" in capsys.readouterr().out
+    assert "| baseline:nn (train: train) |" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"e{i}" for i in range(8)]
     result = _metrics(out)
-    assert result["metrics"]["n"] == 8 and result["system"] == "baseline:nn"
+    assert result["metrics"]["n"] == 8 and result["system"] == "baseline:nn (train: train)"
     assert 0 < result["metrics"]["bleu4"] <= 1
     # toluene is in both files ("c1ccccc1" + "C" == "Cc1ccccc1"): it leaves the pool
     assert result["details"] == {"pool_molecules": 7, "pool_proteins": 0, "pool_removed_overlap": 1}
@@ -145,7 +145,8 @@ def test_report_merges_runs_with_anchors_and_draws_a_png(qa_files, mcq_file, tmp
     assert main(["report", *runs, str(tmp_path / "pq"), "--out", str(tmp_path / "r.md"),
                  "--plot", str(tmp_path / "r.png")]) == 0
     text = (tmp_path / "r.md").read_text()
-    assert "### chebi20-test (qa, n=8)" in text and "| baseline:nn |" in text and "| baseline:majority |" in text
+    assert "### chebi20-test (qa, n=8)" in text and "| baseline:nn (train: train) |" in text
+    assert "| baseline:majority (train: train) |" in text
     assert "| MolT5-small (published; ChEBI-20 train) | published | 0.519 | 0.436 |" in text
     assert "| BioMedGPT-LM-7B fine-tuned (published) | published | 0.761 |" in text
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -168,3 +169,15 @@ def test_chebi20_slice_nn_from_shared_data(shared_data, tmp_path):
                  "--train", str(tmp_path / "val.jsonl"), "--out", str(out)]) == 0
     metrics = _metrics(out)["metrics"]
     assert metrics["errors"] == 0 and 0.15 < metrics["bleu4"] < 0.6 and 0.25 < metrics["meteor"] < 0.7
+
+
+def test_run_names_keep_two_runs_of_one_benchmark_apart():
+    from biomedgpt.evaluate.runner import RunSpec
+
+    spec = dict(task="qa", data="t.jsonl", data_sha256="0", benchmark="b")
+    assert RunSpec(model="/m/small", **spec).system == "small"
+    assert RunSpec(model="/m/small", generation={"quantize": "int8", "num_beams": 4}, **spec).system == \
+        "small (int8, 4 beams)"
+    assert RunSpec(model="/m/small", generation={"quantize": "none"}, **spec).system == "small"
+    assert RunSpec(model="baseline:nn", train="/d/pool_a.jsonl", **spec).system == "baseline:nn (train: pool_a)"
+    assert RunSpec(model="baseline:nn", train="/d/pool_b.jsonl", **spec).system == "baseline:nn (train: pool_b)"
