@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                     help="beam search width for generation (default 1 = greedy)")
     ev.add_argument("--quantize", choices=("none", "bf16", "int8", "int4"), default=None,
                     help="LM weights for generation (fast engine; default: biomedgpt.model.fast_decode's default)")
+    ev.add_argument("--evidence", type=int, default=None, metavar="K",
+                    help="put the K most similar known entities before each question (0: none; default: the "
+                         "model's own evidence_in_prompt) -- the retrieval ablation")
     ev.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     ev.set_defaults(func=run_eval)
 
@@ -88,6 +91,7 @@ def _build_spec(args):
         protocol=None if is_baseline else (args.protocol if args.task == "mcq" else "generate"),
         shots=args.shots if args.task == "mcq" and not is_baseline else 0,
         generation=generation, batch_size=args.batch_size,
+        evidence=None if is_baseline else args.evidence,
     )
 
 
@@ -103,6 +107,11 @@ def _model_predictor(args, spec, records, train_records):
     transformers.utils.logging.set_verbosity_error()
     torch.manual_seed(spec.seed)
     model = load_model(args.model)
+    if spec.evidence is not None:
+        from biomedgpt.inference import attach_evidence_index
+
+        model.config.evidence_in_prompt = spec.evidence
+        attach_evidence_index(model, args.model if Path(args.model).is_dir() else None)
     settings = GenerationSettings(**spec.generation, seed=spec.seed) if spec.generation else None
     if spec.task == "qa":
         return predictors.GenerateAnswers(model, settings)
@@ -121,6 +130,8 @@ def run_eval(args) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.shots < 0:
         raise UserError(f"--shots must be >= 0, got {args.shots}")
+    if args.evidence is not None and args.evidence < 0:
+        raise UserError(f"--evidence must be >= 0, got {args.evidence}")
     if args.train and not Path(args.train).is_file():
         raise UserError(f"training file not found: {args.train}")
     records = load_records(args.task, args.data)

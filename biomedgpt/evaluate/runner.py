@@ -53,6 +53,7 @@ class RunSpec:
     shots: int = 0
     generation: dict = field(default_factory=dict)
     batch_size: int = 8
+    evidence: int | None = None  # retrieval-augmented prompts: k evidence items (None: the model's own setting)
 
     @property
     def system(self) -> str:
@@ -67,6 +68,8 @@ class RunSpec:
             tags.append(self.generation["quantize"])
         if self.generation.get("num_beams", 1) > 1:
             tags.append(f"{self.generation['num_beams']} beams")
+        if self.evidence is not None:
+            tags.append(f"evidence {self.evidence}" if self.evidence else "no evidence")
         return f"{name} ({', '.join(tags)})" if tags else name
 
 

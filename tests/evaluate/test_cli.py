@@ -181,3 +181,22 @@ def test_run_names_keep_two_runs_of_one_benchmark_apart():
     assert RunSpec(model="/m/small", generation={"quantize": "none"}, **spec).system == "small"
     assert RunSpec(model="baseline:nn", train="/d/pool_a.jsonl", **spec).system == "baseline:nn (train: pool_a)"
     assert RunSpec(model="baseline:nn", train="/d/pool_b.jsonl", **spec).system == "baseline:nn (train: pool_b)"
+
+
+def test_eval_evidence_override_is_the_retrieval_ablation(tiny_model_dir, qa_files, tmp_path, monkeypatch):
+    """`--evidence K` sets the model's evidence_in_prompt for the run (the tiny model has none of its own, so it
+    gets the repository's index), is recorded in run.json and named in the report row."""
+    from biomedgpt import retrieval
+
+    calls = []
+    real = retrieval.find_evidence
+    monkeypatch.setattr(retrieval, "find_evidence", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    common = ["eval", "qa", "--model", str(tiny_model_dir), "--data", str(qa_files / "test.jsonl"), "--limit", "2",
+              "--max-new-tokens", "2"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert calls == [] and _metrics(tmp_path / "plain")["system"] == tiny_model_dir.name
+    assert main([*common, "--evidence", "1", "--out", str(tmp_path / "with")]) == 0
+    assert calls == [1, 1]
+    assert json.loads((tmp_path / "with" / "run.json").read_text())["evidence"] == 1
+    assert _metrics(tmp_path / "with")["system"] == f"{tiny_model_dir.name} (evidence 1)"
+    assert main([*common, "--evidence", "-1", "--out", str(tmp_path / "bad")]) == 2
