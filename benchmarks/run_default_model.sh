@@ -3,6 +3,8 @@
 # seeded samples of the project's test files (scripts/build_training_data.sh -> data/build/). Resumable: re-run
 # to continue. Copies each run's metrics into benchmarks/results/default-model/ and writes REPORT.md there.
 # Sample sizes (env): CHEBI_N=500 (set 3300 for the whole ChEBI-20 test), LOC_N=500, GO_N=200, MCQ_N=500.
+# ABLATION=1 adds, on seeded samples of 100: the model without evidence in its prompts (--evidence 0) and with
+# beam search (4 beams, HF generate) beside greedy with evidence and the NN baseline on the same items.
 # FULL=1 adds the whole ChEBI-20 test (3,300) with int8 LM weights (~50 min on 2 cores instead of ~95 in fp32;
 # its score drop against fp32 is measured on the seeded 500 it contains, see benchmarks/subset_metrics.py).
 set -euo pipefail
@@ -41,6 +43,22 @@ if [ "${FULL:-0}" = 1 ]; then
   SUFFIX="-pool-with-pcdes"
   ev qa chebi20-test-3300 $D/molecule_qa_test.jsonl 3300 baseline:nn --train $D/molecule_qa_train.jsonl
   SUFFIX=""
+fi
+if [ "${ABLATION:-0}" = 1 ]; then
+  for bench in chebi20:molecule_qa_test:160 location:protein_location_test:16; do
+    IFS=: read -r name file tokens <<< "$bench"
+    ev qa $name-test-100 $D/$file.jsonl 100 "$MODEL" "${GEN[@]}" --max-new-tokens $tokens
+    SUFFIX="-no-evidence"
+    ev qa $name-test-100 $D/$file.jsonl 100 "$MODEL" "${GEN[@]}" --max-new-tokens $tokens --evidence 0
+    SUFFIX="-beams4"
+    ev qa $name-test-100 $D/$file.jsonl 100 "$MODEL" "${GEN[@]}" --max-new-tokens $tokens --num-beams 4
+    SUFFIX=""
+  done
+  ev qa chebi20-test-100 $D/molecule_qa_test.jsonl 100 baseline:nn --train $D/chebi20_validation_pool.jsonl
+  SUFFIX="-pool-with-pcdes"
+  ev qa chebi20-test-100 $D/molecule_qa_test.jsonl 100 baseline:nn --train $D/molecule_qa_train.jsonl
+  SUFFIX=""
+  ev qa location-test-100 $D/protein_location_test.jsonl 100 baseline:nn --train $D/protein_qa_train.jsonl
 fi
 ev qa location-test-$LOC_N $D/protein_location_test.jsonl "$LOC_N" "$MODEL" "${GEN[@]}" --max-new-tokens 16
 ev qa location-test-$LOC_N $D/protein_location_test.jsonl "$LOC_N" baseline:nn --train $D/protein_qa_train.jsonl
