@@ -42,7 +42,7 @@ class GenerationSettings:
     temperature: float = 0.0  # 0 = greedy (deterministic); > 0 samples
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-    num_beams: int = 1  # > 1: HF beam search (greedy only; the fast loop hands these to HF generate)
+    num_beams: int = 1  # > 1: beam search (HF's algorithm; the fast loop runs it, token for token as HF)
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     engine: str | None = None  # "fast" | "hf"; None = biomedgpt.model.fast_decode.DEFAULT_ENGINE

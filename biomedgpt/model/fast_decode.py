@@ -37,7 +37,10 @@ SUPPORTED_MODEL_TYPES = ("llama",)
 SUPPORTED_KWARGS = frozenset({
     "max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "pad_token_id",
     "eos_token_id", "stop_strings", "tokenizer", "streamer", "stopping_criteria",
+    "num_beams", "length_penalty", "early_stopping",
 })
+# With num_beams > 1 the loop does HF's beam search; these options then go to HF generate instead.
+BEAM_UNSUPPORTED = ("do_sample", "stop_strings", "streamer", "stopping_criteria")
 ENGINES = ("fast", "hf")
 DEFAULT_ENGINE = "fast"  # measured faster than HF generate at every batch size (docs/performance.md)
 DEFAULT_QUANTIZE = "none"  # reduced precision changes answers; opt in with quantize="int8" (docs/performance.md)
@@ -62,6 +65,12 @@ def unsupported_reason(llm, generate_kwargs: dict) -> str | None:
         return f"generate options {extra}"
     if generate_kwargs.get("stop_strings") and generate_kwargs.get("tokenizer") is None:
         return "stop_strings without a tokenizer"
+    if (generate_kwargs.get("num_beams") or 1) > 1:
+        extra = [k for k in BEAM_UNSUPPORTED if generate_kwargs.get(k)]
+        if (generate_kwargs.get("repetition_penalty") or 1.0) != 1.0:
+            extra.append("repetition_penalty")
+        if extra:
+            return f"beam search with {extra}"
     return None
 
 
@@ -80,6 +89,9 @@ class SamplingOptions:
     stop_strings: tuple[str, ...] = ()
     tokenizer: object = None
     stopping_criteria: object = None  # HF StoppingCriteria(List): called as criteria(new_tokens, scores) -> [B] bool
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
 
     @classmethod
     def from_generate_kwargs(cls, llm, kwargs: dict) -> SamplingOptions:
@@ -107,6 +119,8 @@ class SamplingOptions:
                                else kwargs.get("stop_strings") or ()),
             tokenizer=kwargs.get("tokenizer"),
             stopping_criteria=kwargs.get("stopping_criteria") or None,
+            num_beams=int(pick("num_beams", 1)), length_penalty=float(pick("length_penalty", 1.0)),
+            early_stopping=pick("early_stopping", False),
         )
 
 
@@ -291,29 +305,13 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
     if reason is not None:
         raise ValueError(f"the fast decode loop does not support {reason}")
     options = SamplingOptions.from_generate_kwargs(llm, generate_kwargs)
-    streamer = generate_kwargs.get("streamer")
     model = packed_lm(llm, quantize)
-    batch, prompt_len, _ = inputs_embeds.shape
-    if attention_mask is None:
-        attention_mask = torch.ones(batch, prompt_len, dtype=torch.long)
-    valid = attention_mask.bool()
-    padded = not bool(valid.all())
-    max_len = prompt_len + options.max_new_tokens
-    # HF's position rule for left padding: each row counts from 0 at its first real token.
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(~valid, 0)
-    cos_all, sin_all = model.rope_tables(torch.arange(int(positions.max()) + options.max_new_tokens + 1)[None])
-    key_valid = torch.ones(batch, 1, 1, max_len, dtype=torch.bool)
-    key_valid[:, 0, 0, :prompt_len] = valid
-    prefill_mask = None
-    if padded:
-        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
-        # A padding query attends to itself only, so no row of the softmax is empty (that would give NaN).
-        prefill_mask = (causal & key_valid[..., :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool)
-    cache = model.new_cache(batch, max_len)
-    logits = model.forward(inputs_embeds.to(model.residual_dtype), _rope_at(cos_all, sin_all, positions), cache, 0,
-                           prefill_mask)
-    next_position = positions[:, -1:] + 1  # [B, 1]
-    decoder = _TokenChooser(options, batch, logits.shape[-1])
+    state = _Prefilled(model, inputs_embeds, attention_mask, options.max_new_tokens)
+    if options.num_beams > 1:
+        return _beam_search(state, options)
+    streamer = generate_kwargs.get("streamer")
+    logits = state.logits
+    decoder = _TokenChooser(options, state.batch, logits.shape[-1])
     produced: list[torch.Tensor] = []
     for step in range(options.max_new_tokens):
         tokens = decoder.choose(logits)
@@ -324,14 +322,127 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
             streamer.put(tokens)
         if not decoder.any_unfinished() or step == options.max_new_tokens - 1:
             break
-        x = model.embed[tokens][:, None].to(model.residual_dtype)  # [B, 1, hidden]
-        end = prompt_len + step + 1
-        mask = key_valid[..., :end] if padded else None
-        logits = model.forward(x, _rope_at(cos_all, sin_all, next_position), cache, prompt_len + step, mask)
-        next_position = next_position + 1
+        logits = state.step(tokens, step)
     if streamer is not None:
         streamer.end()
     return torch.stack(produced, dim=1)
+
+
+class _Prefilled:
+    """A (left-padded) prompt run through the LM once: its KV cache, masks and positions, ready to decode
+    `max_new` tokens one step at a time (`step`)."""
+
+    def __init__(self, model: PackedLM, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                 max_new: int):
+        self.model = model
+        batch, prompt_len, _ = inputs_embeds.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, prompt_len, dtype=torch.long)
+        valid = attention_mask.bool()
+        self.batch, self.prompt_len = batch, prompt_len
+        self.padded = not bool(valid.all())
+        max_len = prompt_len + max_new
+        # HF's position rule for left padding: each row counts from 0 at its first real token.
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(~valid, 0)
+        self.cos_all, self.sin_all = model.rope_tables(torch.arange(int(positions.max()) + max_new + 1)[None])
+        self.key_valid = torch.ones(batch, 1, 1, max_len, dtype=torch.bool)
+        self.key_valid[:, 0, 0, :prompt_len] = valid
+        prefill_mask = None
+        if self.padded:
+            causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
+            # A padding query attends to itself only, so no row of the softmax is empty (that would give NaN).
+            prefill_mask = (causal & self.key_valid[..., :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool)
+        self.cache = model.new_cache(batch, max_len)
+        self.logits = model.forward(inputs_embeds.to(model.residual_dtype),
+                                    _rope_at(self.cos_all, self.sin_all, positions), self.cache, 0, prefill_mask)
+        self.next_position = positions[:, -1:] + 1  # [B, 1]
+
+    def step(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Feed the tokens chosen at decode step `step` (0-based), `[B]`; return the next logits `[B, vocab]`."""
+        model = self.model
+        x = model.embed[tokens][:, None].to(model.residual_dtype)  # [B, 1, hidden]
+        mask = self.key_valid[..., : self.prompt_len + step + 1] if self.padded else None
+        logits = model.forward(x, _rope_at(self.cos_all, self.sin_all, self.next_position), self.cache,
+                               self.prompt_len + step, mask)
+        self.next_position = self.next_position + 1
+        return logits
+
+    def expand(self, times: int) -> None:
+        """Repeat every row `times` times (row r becomes rows r*times .. r*times+times-1): one prefill per prompt
+        serves all of its beams."""
+        self.cache = [(k.repeat_interleave(times, 0), v.repeat_interleave(times, 0)) for k, v in self.cache]
+        self.key_valid = self.key_valid.repeat_interleave(times, 0)
+        self.next_position = self.next_position.repeat_interleave(times, 0)
+        self.logits = self.logits.repeat_interleave(times, 0)
+        self.batch *= times
+
+    def reorder(self, rows: torch.Tensor, filled: int) -> None:
+        """Make row i continue from row `rows[i]` (beam search): copy the first `filled` cache positions."""
+        for k, v in self.cache:
+            k[:, :, :filled] = k[rows, :, :filled]
+            v[:, :, :filled] = v[rows, :, :filled]
+
+
+def _beam_search(state: _Prefilled, options: SamplingOptions) -> torch.Tensor:
+    """HF's beam search (transformers 5 `_beam_search`, greedy, one returned sequence per prompt) over the fast
+    loop's cache: same scores, length penalty, early-stopping heuristic and output padding, so the same tokens.
+    Returns the best finished hypothesis per prompt, `[B, new]` (new = the longest of them)."""
+    beams, batch, max_new = options.num_beams, state.batch, options.max_new_tokens
+    eos = torch.tensor(options.eos_token_ids, dtype=torch.long)
+    keep = max(2, 1 + len(options.eos_token_ids)) * beams  # candidates per prompt and step, as HF
+    top_beams = torch.arange(keep) < beams  # only the best `beams` candidates may finish
+    # HF's filler for unused positions (note its `pad or eos` rule: a pad id of 0 gives the EOS id).
+    fill = (options.pad_token_id or options.eos_token_ids[0]) if options.eos_token_ids else -1
+    state.expand(beams)
+    logits = state.logits
+    running = torch.full((batch, beams, max_new), fill, dtype=torch.long)
+    running_scores = torch.zeros(batch, beams)
+    running_scores[:, 1:] = -1e9  # all beams start equal: only the first one may expand at step 0
+    finished = torch.full((batch, beams, max_new), fill, dtype=torch.long)
+    finished_scores = torch.full((batch, beams), -1e9)
+    finished_lengths = torch.zeros(batch, beams, dtype=torch.long)
+    is_finished = torch.zeros(batch, beams, dtype=torch.bool)
+    improvable = torch.ones(batch, 1, dtype=torch.bool)
+    offsets = torch.arange(batch)[:, None] * beams
+    for step in range(max_new):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        vocab = log_probs.shape[-1]
+        scores = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
+        top_scores, top_index = torch.topk(scores, keep)
+        source, tokens = top_index // vocab, top_index % vocab  # [B, keep]: the beam each candidate extends
+        candidates = torch.gather(running, 1, source[:, :, None].expand(-1, -1, max_new)).clone()
+        candidates[:, :, step] = tokens
+        hits = torch.isin(tokens, eos) | (step + 1 >= max_new)
+        # The best `beams` candidates that did not stop keep running.
+        alive = torch.topk(top_scores - hits.float() * 1e9, beams).indices
+        running = torch.gather(candidates, 1, alive[:, :, None].expand(-1, -1, max_new))
+        running_scores = torch.gather(top_scores - hits.float() * 1e9, 1, alive)
+        rows = (torch.gather(source, 1, alive) + offsets).flatten()
+        # Candidates among the best `beams` that stopped become finished hypotheses (score / length ** penalty).
+        done_now = hits & top_beams[None, :]
+        penalised = top_scores / ((step + 1) ** options.length_penalty)
+        if options.early_stopping is True:
+            penalised = penalised - is_finished.all(-1, keepdim=True).float() * 1e9
+        penalised = penalised - (~improvable).float() * 1e9 - (~done_now).float() * 1e9
+        merged_scores = torch.cat([finished_scores, penalised], 1)
+        best = torch.topk(merged_scores, beams).indices
+        finished = torch.gather(torch.cat([finished, candidates], 1), 1, best[:, :, None].expand(-1, -1, max_new))
+        finished_scores = torch.gather(merged_scores, 1, best)
+        finished_lengths = torch.gather(
+            torch.cat([finished_lengths, torch.full((batch, keep), step + 1)], 1), 1, best)
+        is_finished = torch.gather(torch.cat([is_finished, done_now], 1), 1, best)
+        # HF's early-stopping heuristic: can the best running beam still beat the worst finished one?
+        length = max_new if options.early_stopping == "never" and options.length_penalty > 0 else step + 1
+        best_running = running_scores[:, :1] / (length ** options.length_penalty)
+        worst_finished = torch.where(is_finished, finished_scores.min(1, keepdim=True).values, -1e9)
+        improvable = improvable & (best_running > worst_finished).any(-1, keepdim=True)
+        all_done = options.early_stopping is True and bool(is_finished.all())
+        if not bool(improvable.any()) or all_done or bool(hits.all()) or step + 1 >= max_new:
+            break
+        state.reorder(rows, state.prompt_len + step)
+        logits = state.step(running[:, :, step].flatten(), step)
+    length = int(finished_lengths[:, 0].max())
+    return finished[:, 0, :length]
 
 
 @torch.inference_mode()

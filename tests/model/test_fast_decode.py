@@ -118,15 +118,40 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(sharp_model):
 
 def test_unsupported_options_fall_back_to_hf(sharp_model):
     batch = _batch(sharp_model, [0])
-    assert fast_decode.unsupported_reason(sharp_model.llm, {"num_beams": 2}) == "generate options ['num_beams']"
-    ref = sharp_model.generate(**batch.model_inputs(), engine="hf", max_new_tokens=8, num_beams=2, do_sample=False)
-    ours = sharp_model.generate(**batch.model_inputs(), engine="fast", max_new_tokens=8, num_beams=2,
-                                do_sample=False)
+    assert fast_decode.unsupported_reason(sharp_model.llm, {"min_new_tokens": 2}) == \
+        "generate options ['min_new_tokens']"
+    beams_with_penalty = {"num_beams": 2, "repetition_penalty": 1.3}
+    assert fast_decode.unsupported_reason(sharp_model.llm, beams_with_penalty) == \
+        "beam search with ['repetition_penalty']"
+    ref = sharp_model.generate(**batch.model_inputs(), engine="hf", max_new_tokens=8, min_new_tokens=4)
+    ours = sharp_model.generate(**batch.model_inputs(), engine="fast", max_new_tokens=8, min_new_tokens=4)
     assert torch.equal(ref, ours)
     with pytest.raises(ValueError, match="quantization mode"):
         sharp_model.generate(**batch.model_inputs(), quantize="int3", max_new_tokens=2)
     with pytest.raises(ValueError, match="engine"):
         GenerationSettings(engine="vllm")
+
+
+@pytest.mark.parametrize("rows, kwargs", [
+    ([0], {"num_beams": 2}),
+    ([0, 1, 2, 3], {"num_beams": 3}),
+    ([1, 3], {"num_beams": 4, "length_penalty": 0.5}),
+    ([2, 0], {"num_beams": 3, "early_stopping": True}),
+    ([3], {"num_beams": 2, "early_stopping": "never", "length_penalty": 2.0}),
+])
+def test_beam_search_equals_hf(sharp_model, rows, kwargs):
+    """HF's beam search on the fast loop's cache: the same tokens, padded batches included; with an EOS that the
+    beams emit early, hypotheses finish at different lengths and the early-stopping rules decide."""
+    batch = _batch(sharp_model, rows)
+    free = sharp_model.generate(**batch.model_inputs(), engine="hf", max_new_tokens=20, do_sample=False, **kwargs)
+    for eos in (None, int(free[0, 3])):  # a token the best beam emits early
+        extra = {} if eos is None else {"eos_token_id": eos}
+        ref, ours = _both(sharp_model, batch, max_new_tokens=20, **kwargs, **extra)
+        assert torch.equal(ref, ours), (eos, ref, ours)
+        if eos is None:
+            assert len(set(ours[0].tolist())) > 3, "degenerate output: the comparison would prove nothing"
+        elif kwargs.get("length_penalty", 1.0) <= 1.0:  # (a penalty of 2 rightly prefers the long hypotheses)
+            assert (ours == eos).any(), "no hypothesis finished on the EOS: that path went untested"
 
 
 @pytest.mark.parametrize("mode, tolerance", [("bf16", 0.02), ("int8", 0.03), ("int4", 0.12)])
@@ -182,4 +207,6 @@ def test_small_preset_real_weights_greedy_equals_hf():
     assert "aspirin" in model.tokenizer.decode(ours[0]).lower()
     alone = collate([build_example(model, conversations[1])], model.tokenizer.pad_token_id, "left")
     ref, ours = _both(model, alone, max_new_tokens=12, repetition_penalty=1.1)
+    assert torch.equal(ref, ours)
+    ref, ours = _both(model, batch, max_new_tokens=12, num_beams=3)  # beam search on the real weights
     assert torch.equal(ref, ours)
