@@ -261,6 +261,9 @@ def stream(
     from transformers import TextIteratorStreamer
 
     settings = settings or GenerationSettings()
+    if settings.num_beams > 1:  # beam search knows its answer only at the end: one piece
+        yield generate_batch(model, [messages], settings, should_stop=should_stop)[0]
+        return
     batch = collate([build_example(model, messages)], model.tokenizer.pad_token_id, "left")
     streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=False, skip_special_tokens=True)
     errors: list[BaseException] = []

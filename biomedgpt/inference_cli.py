@@ -17,6 +17,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.1,
                         help="> 1 discourages loops in small models (default 1.1)")
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--num-beams", type=int, default=1,
+                        help="beam search with N beams (default 1 = off; in the fast loop with --repetition-penalty 1, "
+                             "else in HF generate)")
     parser.add_argument("--engine", choices=("fast", "hf"), default=None,
                         help="decoding loop: fast (default; same greedy output as hf) or hf (transformers generate)")
     parser.add_argument("--quantize", choices=("none", "bf16", "int8", "int4"), default=None,
@@ -52,7 +55,7 @@ def _settings(args):
     try:
         return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                                  engine=args.engine, quantize=args.quantize)
+                                  engine=args.engine, quantize=args.quantize, num_beams=args.num_beams)
     except ValueError as err:
         from biomedgpt.errors import UserError
 

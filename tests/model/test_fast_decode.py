@@ -154,6 +154,19 @@ def test_beam_search_equals_hf(sharp_model, rows, kwargs):
             assert (ours == eos).any(), "no hypothesis finished on the EOS: that path went untested"
 
 
+def test_beam_settings_validate_and_stream_in_one_piece(sharp_model):
+    beams = GenerationSettings(max_new_tokens=12, num_beams=3)
+    assert beams.generate_kwargs(sharp_model.tokenizer)["num_beams"] == 3
+    assert "num_beams" not in GenerationSettings().generate_kwargs(sharp_model.tokenizer)
+    with pytest.raises(ValueError, match="num_beams"):
+        GenerationSettings(num_beams=0)
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationSettings(num_beams=2, temperature=0.7)
+    whole = generate_batch(sharp_model, [CONVERSATIONS[0]], beams)[0]
+    assert list(stream(sharp_model, CONVERSATIONS[0], beams)) == [whole]
+    assert whole != generate_batch(sharp_model, [CONVERSATIONS[0]], GenerationSettings(max_new_tokens=12))[0]
+
+
 @pytest.mark.parametrize("mode, tolerance", [("bf16", 0.02), ("int8", 0.03), ("int4", 0.12)])
 def test_packed_linear_error_is_within_its_precision(mode, tolerance):
     generator = torch.Generator().manual_seed(0)
