@@ -414,9 +414,10 @@ def _beam_search(state: _Prefilled, options: SamplingOptions) -> torch.Tensor:
         candidates[:, :, step] = tokens
         hits = torch.isin(tokens, eos) | (step + 1 >= max_new)
         # The best `beams` candidates that did not stop keep running.
-        alive = torch.topk(top_scores - hits.float() * 1e9, beams).indices
+        open_scores = top_scores - hits.float() * 1e9
+        alive = torch.topk(open_scores, beams).indices
         running = torch.gather(candidates, 1, alive[:, :, None].expand(-1, -1, max_new))
-        running_scores = torch.gather(top_scores - hits.float() * 1e9, 1, alive)
+        running_scores = torch.gather(open_scores, 1, alive)
         rows = (torch.gather(source, 1, alive) + offsets).flatten()
         # Candidates among the best `beams` that stopped become finished hypotheses (score / length ** penalty).
         done_now = hits & top_beams[None, :]
