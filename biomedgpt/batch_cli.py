@@ -38,10 +38,11 @@ def run_batch_command(args) -> int:
         raise UserError(f"--output must be a .jsonl file, got {args.output}")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise UserError("--output must differ from --input")
-    settings = _settings(args)
-    read_rows(args.input)  # fail fast on a missing or malformed file, before loading the model
+    _settings(args)
+    read_rows(args.input)  # fail fast on bad flags or a missing or malformed file, before loading the model
     _quiet_transformers()
     model = load_model(args.model)
+    settings = _settings(args, model.config.generation)
     try:
         summary = run_batch(model, args.input, args.output, settings, batch_size=args.batch_size,
                             restart=args.restart, progress=not args.no_progress)

@@ -17,6 +17,8 @@ from biomedgpt.model.lm import BYTE_TOKENIZER, BYTE_VOCAB_SIZE
 
 DTYPES = ("float32", "bfloat16", "float16")
 CONFIG_FORMAT = 1
+# Decoding settings a model folder may recommend (`BioMedGPTConfig.generation`).
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "num_beams", "quantize")
 
 
 @dataclass
@@ -73,8 +75,16 @@ class BioMedGPTConfig:
     # index) and their annotations go before each user question that carries an entity; 0 = none. Training
     # builds the same prompts (leaving each record's own entity out), so a model trained with k needs k here.
     evidence_in_prompt: int = 0
+    # The decoding this model was evaluated with, e.g. {"num_beams": 4, "repetition_penalty": 1.0} (the idea of
+    # HF's generation_config.json): `ask`, `chat`, `batch` and `eval` start from it, and their flags override it.
+    # Keys: GENERATION_KEYS (fields of `biomedgpt.inference.GenerationSettings`).
+    generation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.generation) - set(GENERATION_KEYS))
+        if unknown:
+            raise ValueError(f"unknown generation settings {unknown} in the model config (known: "
+                             f"{', '.join(GENERATION_KEYS)})")
         # Accept plain dicts (from JSON) for the sub-configs.
         if isinstance(self.lm, dict):
             self.lm = LMConfig(**self.lm)
@@ -171,3 +181,25 @@ def preset(name: str) -> BioMedGPTConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def resolve_generation(fallback: dict[str, Any], recommended: dict[str, Any], explicit: dict[str, Any]) -> dict:
+    """Decoding settings from, in increasing priority: the caller's defaults, a model's recommendation
+    (`BioMedGPTConfig.generation`) and explicit choices (command-line flags; None = not given). Asking for
+    sampling (temperature > 0) turns off a recommended beam search, which is greedy by definition."""
+    chosen = {key: value for key, value in explicit.items() if value is not None}
+    merged = {**fallback, **recommended, **chosen}
+    if merged.get("temperature", 0) > 0 and "num_beams" not in chosen:
+        merged.pop("num_beams", None)
+    return merged
+
+
+def recommended_generation(name_or_path: str | Path | None) -> dict[str, Any]:
+    """A model folder's recommended decoding (its config.json `generation`), read without loading the model;
+    {} for presets, baselines and folders without one."""
+    if name_or_path is None:
+        return {}
+    config_file = Path(name_or_path).expanduser() / "config.json"
+    if not config_file.is_file():
+        return {}
+    return dict(BioMedGPTConfig.load(config_file).generation)

@@ -68,6 +68,16 @@ class GenerationSettings:
         if self.num_beams > 1 and self.temperature > 0:
             raise ValueError("num_beams > 1 is beam search, which is greedy: set temperature to 0")
 
+    def describe(self) -> str:
+        """One line for logs and `--timing`, e.g. "4 beams, repetition penalty 1.0, bf16 weights"."""
+        from biomedgpt.model.fast_decode import DEFAULT_QUANTIZE
+
+        mode = (f"sampling (temperature {self.temperature}, top-p {self.top_p})" if self.temperature > 0
+                else f"{self.num_beams} beams" if self.num_beams > 1 else "greedy")
+        weights = self.quantize or DEFAULT_QUANTIZE
+        weights = "model-dtype weights" if weights == "none" else f"{weights} weights"
+        return f"{mode}, repetition penalty {self.repetition_penalty:g}, {weights}"
+
     def generate_kwargs(self, tokenizer) -> dict:
         kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
         if self.temperature > 0:

@@ -11,19 +11,28 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="model folder or preset (tiny, small, biomedgpt-10b); default: $BIOMEDGPT_MODEL, "
                              "else the shipped biomedgpt-small")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap (default 128)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.1,
-                        help="> 1 discourages loops in small models (default 1.1)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="answer length cap (default: the model's, else 128)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy (default); > 0 samples (and turns off the model's beam search)")
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help="> 1 discourages loops in small models (default: the model's, else 1.1)")
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    parser.add_argument("--num-beams", type=int, default=1,
-                        help="beam search with N beams (default 1 = off; in the fast loop with --repetition-penalty 1, "
-                             "else in HF generate)")
+    parser.add_argument("--num-beams", type=int, default=None,
+                        help="beam search with N beams (default: the model's, else 1 = off; in the fast loop with "
+                             "repetition penalty 1, else in HF generate)")
     parser.add_argument("--engine", choices=("fast", "hf"), default=None,
                         help="decoding loop: fast (default; same greedy output as hf) or hf (transformers generate)")
     parser.add_argument("--quantize", choices=("none", "bf16", "int8", "int4"), default=None,
-                        help="LM weight precision for the fast engine (default none; see docs/performance.md)")
+                        help="LM weight precision for the fast engine (default: the model's, else none; see "
+                             "docs/performance.md)")
+    # Defaults (None) above mean "not given": the model folder's recommended decoding (config.json `generation`,
+    # shown by --timing) fills them, then CLI_FALLBACK.
+
+
+# What the flags mean when neither they nor the model say otherwise.
+CLI_FALLBACK = {"max_new_tokens": 128, "repetition_penalty": 1.1}
 
 
 def register(subparsers) -> None:
@@ -49,13 +58,18 @@ def register(subparsers) -> None:
     chat.set_defaults(func=run_chat)
 
 
-def _settings(args):
+def _settings(args, recommended: dict | None = None):
+    """The GenerationSettings of these flags over the model's recommended decoding (`recommended`; call once
+    without it before loading the model, so that a bad flag fails at once)."""
+    from biomedgpt.config import resolve_generation
     from biomedgpt.inference import GenerationSettings
 
+    explicit = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                "repetition_penalty": args.repetition_penalty, "num_beams": args.num_beams,
+                "quantize": args.quantize}
     try:
-        return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                                  engine=args.engine, quantize=args.quantize, num_beams=args.num_beams)
+        return GenerationSettings(**resolve_generation(CLI_FALLBACK, recommended or {}, explicit),
+                                  seed=args.seed, engine=args.engine)
     except ValueError as err:
         from biomedgpt.errors import UserError
 
@@ -72,19 +86,20 @@ def _quiet_transformers() -> None:
 def run_ask(args) -> int:
     from biomedgpt.inference import ask, load_model, prepare_entities
 
-    settings = _settings(args)
-    prepare_entities(None, args.smiles, args.protein)  # fail fast on bad input, before loading anything
+    _settings(args)  # fail fast on bad flags and bad input, before loading anything
+    prepare_entities(None, args.smiles, args.protein)
     _quiet_transformers()
     start = time.perf_counter()
     model = load_model(args.model)
     loaded = time.perf_counter()
+    settings = _settings(args, model.config.generation)
     answer = ask(model, args.question, args.smiles, args.protein, settings)
     done = time.perf_counter()
     print(answer)
     if args.evidence > 0 and (args.smiles or args.protein):
         _print_evidence(args, model)
     if args.timing:
-        print(f"[load {loaded - start:.2f} s, answer {done - loaded:.2f} s]", file=sys.stderr)
+        print(f"[load {loaded - start:.2f} s, answer {done - loaded:.2f} s; {settings.describe()}]", file=sys.stderr)
     return 0
 
 
@@ -113,9 +128,10 @@ def run_chat(args) -> int:
     from biomedgpt.errors import UserError
     from biomedgpt.inference import Message, load_model, prepare_entities, stream
 
-    settings = _settings(args)
+    _settings(args)
     _quiet_transformers()
     model = load_model(args.model)
+    settings = _settings(args, model.config.generation)
     history: list[Message] = []
     smiles: list[str] = []
     proteins: list[str] = []

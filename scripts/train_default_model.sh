@@ -65,4 +65,6 @@ stage finetune-rag2 finetune configs/small/finetune-rag2.yaml model="$RUNS/finet
   schedule.max_steps="$FINETUNE2_STEPS" "data.train=[$RUNS/finetune_mix2.jsonl]"
 
 echo "== export to $OUT"
-"$BIN/python" -m biomedgpt.model.export "$RUNS/finetune-rag2/model" "$OUT"  # evidence: models/evidence/
+# the decoding its card numbers were measured with becomes its default (config.json `generation`)
+"$BIN/python" -m biomedgpt.model.export "$RUNS/finetune-rag2/model" "$OUT" \
+  --generation num_beams=4 repetition_penalty=1.0 quantize=bf16  # evidence: models/evidence/

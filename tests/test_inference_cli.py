@@ -113,25 +113,69 @@ def test_ask_prints_evidence_from_an_index(tiny_model_dir, tmp_path):
     assert "p1: A hormone." in result.stdout
 
 
-def test_export_ships_weights_index_and_checksums(tiny_model_dir, tmp_path):
+def _exportable(tiny_model_dir, tmp_path):
+    """The tiny model as a trained folder that references its base LM (export refuses to ship an LM copy)."""
     import json
 
+    from biomedgpt.model.biomedgpt import BioMedGPT
+
+    source = tmp_path / "source"
+    BioMedGPT.from_pretrained(tiny_model_dir).save_pretrained(source, save_lm=False)
+    # The tiny LM exists only inside its model folder; reference that folder as the base LM, as the default
+    # model references SmolLM2.
+    config = json.loads((source / "config.json").read_text())
+    config["lm"]["name_or_path"] = str(tiny_model_dir / "lm")
+    (source / "config.json").write_text(json.dumps(config))
+    return source
+
+
+def test_export_ships_weights_index_and_checksums(tiny_model_dir, tmp_path):
     from biomedgpt.data.records import write_jsonl
     from biomedgpt.io import verify_checksums
     from biomedgpt.model.biomedgpt import BioMedGPT
     from biomedgpt.model.export import export_model
     from biomedgpt.retrieval import load_index
 
-    source = tmp_path / "source"
-    BioMedGPT.from_pretrained(tiny_model_dir).save_pretrained(source, save_lm=False)
-    # The tiny LM exists only inside its model folder; reference that folder as the base LM, as the default
-    # model references SmolLM2 (export refuses to ship an LM copy).
-    config = json.loads((source / "config.json").read_text())
-    config["lm"]["name_or_path"] = str(tiny_model_dir / "lm")
-    (source / "config.json").write_text(json.dumps(config))
+    source = _exportable(tiny_model_dir, tmp_path)
     write_jsonl(tmp_path / "records.jsonl", _records())
     summary = export_model(source, tmp_path / "shipped", [tmp_path / "records.jsonl"])
     assert summary["index_molecules"] == 2 and summary["index_proteins"] == 1  # pcdes (research-only) left out
     assert sorted(verify_checksums(tmp_path / "shipped")) == ["config.json", "index.json.gz", "model.safetensors"]
     assert len(load_index(tmp_path / "shipped" / "index.json.gz").molecules) == 2
     BioMedGPT.from_pretrained(tmp_path / "shipped")
+
+
+def test_the_model_folder_recommends_its_decoding_and_flags_override_it(tiny_model_dir, tmp_path):
+    """`export --generation` records the decoding a model was evaluated with; `ask` and `eval` start from it."""
+    import json
+
+    from biomedgpt.data.records import write_jsonl
+
+    source, shipped = _exportable(tiny_model_dir, tmp_path), tmp_path / "shipped"
+    bad = subprocess.run([sys.executable, "-m", "biomedgpt.model.export", str(source), str(shipped),
+                          "--generation", "beams=2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown generation settings ['beams']" in bad.stderr and not shipped.exists()
+    export = subprocess.run([sys.executable, "-m", "biomedgpt.model.export", str(source), str(shipped),
+                             "--generation", "num_beams=2", "repetition_penalty=1.0"], capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr
+    assert json.loads((shipped / "config.json").read_text())["generation"] == {"num_beams": 2,
+                                                                               "repetition_penalty": 1.0}
+
+    def timing(*flags, model=shipped):
+        result = run("ask", "--model", str(model), "--timing", "--max-new-tokens", "3", *flags, "What?")
+        assert result.returncode == 0, result.stderr
+        return result.stderr.strip().splitlines()[-1]
+
+    assert "2 beams, repetition penalty 1, " in timing()
+    assert "greedy, repetition penalty 1.3, " in timing("--num-beams", "1", "--repetition-penalty", "1.3")
+    assert "sampling (temperature 0.7" in timing("--temperature", "0.7")  # sampling turns the beams off
+    assert "greedy, repetition penalty 1.1, " in timing(model=tiny_model_dir)  # no recommendation: CLI defaults
+
+    write_jsonl(tmp_path / "qa.jsonl", [r for r in _records() if r.molecules][:1])
+    for flags, expected in (([], {"max_new_tokens": 3, "repetition_penalty": 1.0, "num_beams": 2}),
+                            (["--num-beams", "1"], {"max_new_tokens": 3, "repetition_penalty": 1.0})):
+        out = tmp_path / f"eval{len(flags)}"
+        result = run("eval", "qa", "--model", str(shipped), "--data", str(tmp_path / "qa.jsonl"),
+                     "--max-new-tokens", "3", "--out", str(out), *flags)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((out / "run.json").read_text())["generation"] == expected

@@ -36,12 +36,13 @@ def register(subparsers) -> None:
     ev.add_argument("--shots", type=int, default=0, help="mcq: few-shot examples from --train (default 0)")
     ev.add_argument("--max-new-tokens", type=int, default=None,
                     help="generation cap (default 128 for qa, 16 for mcq --protocol generate)")
-    ev.add_argument("--repetition-penalty", type=float, default=1.1,
-                    help="generation repetition penalty (default 1.1, as `biomedgpt ask`)")
-    ev.add_argument("--num-beams", type=int, default=1,
-                    help="beam search width for generation (default 1 = greedy)")
+    ev.add_argument("--repetition-penalty", type=float, default=None,
+                    help="generation repetition penalty (default: the model's, else 1.1, as `biomedgpt ask`)")
+    ev.add_argument("--num-beams", type=int, default=None,
+                    help="beam search width for generation (default: the model's, else 1 = greedy)")
     ev.add_argument("--quantize", choices=("none", "bf16", "int8", "int4"), default=None,
-                    help="LM weights for generation (fast engine; default: biomedgpt.model.fast_decode's default)")
+                    help="LM weights for generation (fast engine; default: the model's, else "
+                         "biomedgpt.model.fast_decode's default)")
     ev.add_argument("--evidence", type=int, default=None, metavar="K",
                     help="put the K most similar known entities before each question (0: none; default: the "
                          "model's own evidence_in_prompt) -- the retrieval ablation")
@@ -75,13 +76,17 @@ def _build_spec(args):
     is_baseline = args.model.startswith("baseline:")
     generation = {}
     if not is_baseline and (args.task == "qa" or args.protocol == "generate"):
-        default_tokens = 128 if args.task == "qa" else 16
-        generation = {"max_new_tokens": args.max_new_tokens or default_tokens,
-                      "repetition_penalty": args.repetition_penalty}
-        if args.num_beams != 1:  # only when asked, so earlier runs' specs (and resumption) stay the same
-            generation["num_beams"] = args.num_beams
-        if args.quantize is not None:
-            generation["quantize"] = args.quantize
+        from biomedgpt.config import recommended_generation, resolve_generation
+
+        # The model folder's recommended decoding (config.json `generation`) under the flags, as `biomedgpt ask`
+        fallback = {"max_new_tokens": 128 if args.task == "qa" else 16, "repetition_penalty": 1.1}
+        recommended = {k: v for k, v in recommended_generation(args.model).items()
+                       if k in ("repetition_penalty", "num_beams", "quantize")}  # lengths are per benchmark
+        generation = resolve_generation(fallback, recommended, {
+            "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
+            "num_beams": args.num_beams, "quantize": args.quantize})
+        if generation.get("num_beams") == 1:  # recorded only when > 1, so earlier runs' specs stay the same
+            del generation["num_beams"]
     model = args.model if is_baseline or not Path(args.model).is_dir() else str(Path(args.model).resolve())
     return RunSpec(
         task=args.task, model=model, data=str(Path(args.data).resolve()), data_sha256=_sha256(args.data),

@@ -37,16 +37,22 @@ def build_evidence_index(
 
 
 def export_model(
-    source: Path, target: Path, index_records: list[Path] | None, index_sources: tuple[str, ...] = SHIPPABLE_SOURCES
+    source: Path, target: Path, index_records: list[Path] | None, index_sources: tuple[str, ...] = SHIPPABLE_SOURCES,
+    generation: dict | None = None,
 ) -> dict:
     """Copy config + encoder/adapter weights + a LoRA adapter if any (never an LM copy: the base LM is referenced
-    by id), build the evidence index, write SHA256SUMS. Returns sizes and counts for the model card."""
+    by id), build the evidence index, write SHA256SUMS. Returns sizes and counts for the model card.
+
+    `generation` (e.g. {"num_beams": 4}) is the decoding the model was evaluated with, recorded in its config so
+    that `ask`, `chat`, `batch` and `eval` use it by default; None keeps the source's."""
     from biomedgpt.config import BioMedGPTConfig
-    from biomedgpt.io import write_checksums
+    from biomedgpt.io import atomic_path, write_checksums
 
     config = BioMedGPTConfig.load(source / "config.json")
     if config.lm.name_or_path == "lm":
         raise ValueError(f"{source} holds a modified LM copy (lm/); export ships only encoders and adapters")
+    if generation is not None:  # validated before anything is written
+        config = BioMedGPTConfig.from_dict({**config.to_dict(), "generation": dict(generation)})
     files = list(MODEL_FILES)
     if config.lm.lora is not None:  # a LoRA adapter over the base LM (a few MB) ships with the model
         from biomedgpt.model.biomedgpt import LORA_FILES
@@ -55,6 +61,9 @@ def export_model(
     for name in files:
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, target / name)
+    if generation is not None:
+        with atomic_path(target / "config.json") as tmp:
+            config.save(tmp)
     names = list(files)
     index = None
     if index_records:  # else the model uses the repository's models/evidence/ index (no second copy in git)
@@ -79,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                              "model uses the repository's models/evidence/index.json.gz)")
     parser.add_argument("--index-sources", nargs="+", default=list(SHIPPABLE_SOURCES),
                         help="record sources allowed into the shipped index")
+    parser.add_argument("--generation", nargs="+", metavar="KEY=VALUE",
+                        help="recommended decoding recorded in the config, e.g. num_beams=4 repetition_penalty=1.0 "
+                             "quantize=bf16 (the settings its scores were measured with)")
     args = parser.parse_args(argv)
     if args.index_only:
         if not args.index_records:
@@ -89,12 +101,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.source is None or args.target is None:
         parser.error("give SOURCE and TARGET, or --index-only PATH")
-    summary = export_model(args.source, args.target, args.index_records, tuple(args.index_sources))
+    try:
+        summary = export_model(args.source, args.target, args.index_records, tuple(args.index_sources),
+                               _parse_generation(parser, args.generation))
+    except ValueError as err:
+        parser.error(str(err))
     for name, size in summary["files"].items():
         print(f"{name}: {size / 1e6:.1f} MB")
     if args.index_records:
         print(f"evidence index: {summary['index_molecules']} molecules, {summary['index_proteins']} proteins")
     return 0
+
+
+def _parse_generation(parser: argparse.ArgumentParser, items: list[str] | None) -> dict | None:
+    """["num_beams=4", "quantize=bf16"] -> {"num_beams": 4, "quantize": "bf16"} (numbers parsed as JSON)."""
+    import json
+
+    if items is None:
+        return None
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--generation takes KEY=VALUE items, got {item!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
 
 
 if __name__ == "__main__":
