@@ -19,12 +19,20 @@ from pathlib import Path
 import torch
 
 
-def sample_documents(path: Path, docs: int, seed: int, text_field: str = "text") -> list[str]:
+def split_documents(path: Path, docs: int, seed: int, text_field: str = "text") -> tuple[list[str], list[str]]:
+    """(the seeded sample of `docs` documents that is scored, every other document) — the second part is what an
+    `lm` stage may train on without seeing the scored text."""
     from biomedgpt.train.datasets import read_documents
 
     documents = list(read_documents(path, text_field))
-    random.Random(seed).shuffle(documents)
-    return documents[:docs]
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)  # the same sample as shuffling the documents themselves
+    held_out = set(order[:docs])
+    return [documents[i] for i in order[:docs]], [d for i, d in enumerate(documents) if i not in held_out]
+
+
+def sample_documents(path: Path, docs: int, seed: int, text_field: str = "text") -> list[str]:
+    return split_documents(path, docs, seed, text_field)[0]
 
 
 @torch.inference_mode()
@@ -50,23 +58,33 @@ def perplexity(model, documents: list[str], block: int, batch_size: int = 4) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="JSONL(.gz) documents with a 'text' field")
-    parser.add_argument("--model", action="append", required=True, help="model folder or preset (repeatable)")
+    parser.add_argument("--model", action="append", default=[], help="model folder or preset (repeatable)")
     parser.add_argument("--docs", type=int, default=200)
     parser.add_argument("--block", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--write-training-docs", type=Path, metavar="JSONL",
+                        help="also write every document outside the scored sample (the `lm` stage's training file)")
     args = parser.parse_args()
+    if not args.model and not args.write_training_docs:
+        parser.error("give --model (repeatable) and/or --write-training-docs")
 
     from biomedgpt.inference import load_model
 
-    documents = sample_documents(args.data, args.docs, args.seed)
+    documents, rest = split_documents(args.data, args.docs, args.seed)
+    if args.write_training_docs:
+        from biomedgpt.io import atomic_write_text
+
+        args.write_training_docs.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.write_training_docs, "".join(json.dumps({"text": d}) + "\n" for d in rest))
+        print(f"{args.write_training_docs}: {len(rest):,} training documents ({len(documents)} held out)")
     results = {"data": str(args.data), "docs": args.docs, "block": args.block, "seed": args.seed, "models": {}}
     for name in args.model:
         start = time.perf_counter()
         scores = perplexity(load_model(name), documents, args.block)
         results["models"][name] = {**scores, "seconds": round(time.perf_counter() - start, 1)}
         print(f"{name}: perplexity {scores['perplexity']:.2f} over {scores['tokens']:,} tokens", flush=True)
-    if args.out:
+    if args.out and args.model:
         from biomedgpt.io import atomic_write_text
 
         args.out.parent.mkdir(parents=True, exist_ok=True)

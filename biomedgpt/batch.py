@@ -182,7 +182,7 @@ def run_batch(model, input_path: str | Path, output_path: str | Path, settings: 
 
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
-    settings = settings or GenerationSettings()
+    settings = settings or GenerationSettings.for_model(model)
     output = Path(output_path)
     partial = output.with_name(output.name + ".partial")
     rows = read_rows(input_path)

@@ -68,6 +68,12 @@ class GenerationSettings:
         if self.num_beams > 1 and self.temperature > 0:
             raise ValueError("num_beams > 1 is beam search, which is greedy: set temperature to 0")
 
+    @classmethod
+    def for_model(cls, model: BioMedGPT, **overrides) -> GenerationSettings:
+        """The model's recommended decoding (`config.generation`, e.g. 4 beams for biomedgpt-small) with
+        `overrides` on top; what `ask`, `generate_batch`, `stream` and `run_batch` use when given no settings."""
+        return cls(**{**model.config.generation, **overrides})
+
     def describe(self) -> str:
         """One line for logs and `--timing`, e.g. "4 beams, repetition penalty 1.0, bf16 weights"."""
         from biomedgpt.model.fast_decode import DEFAULT_QUANTIZE
@@ -233,10 +239,11 @@ def generate_batch(
     batch_size: int = 8,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[str]:
-    """Answer many conversations, `batch_size` at a time (left-padded, per-row stopping).
+    """Answer many conversations, `batch_size` at a time (left-padded, per-row stopping). Without `settings`,
+    the model's recommended decoding (`GenerationSettings.for_model`).
 
     `should_stop`, if given, is polled after every token; when it returns True decoding ends early."""
-    settings = settings or GenerationSettings()
+    settings = settings or GenerationSettings.for_model(model)
     examples = [build_example(model, conversation) for conversation in conversations]
     answers: list[str] = []
     extra = _interrupt_kwargs(should_stop)
@@ -270,7 +277,7 @@ def stream(
     `generate_batch` (a server sets it when the client disconnects)."""
     from transformers import TextIteratorStreamer
 
-    settings = settings or GenerationSettings()
+    settings = settings or GenerationSettings.for_model(model)
     if settings.num_beams > 1:  # beam search knows its answer only at the end: one piece
         yield generate_batch(model, [messages], settings, should_stop=should_stop)[0]
         return

@@ -85,8 +85,12 @@ def _build_spec(args):
         generation = resolve_generation(fallback, recommended, {
             "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
             "num_beams": args.num_beams, "quantize": args.quantize})
-        if generation.get("num_beams") == 1:  # recorded only when > 1, so earlier runs' specs stay the same
+        # Recorded only when they change something (beams > 1, reduced precision), so earlier runs' specs stay
+        # the same: 1 beam is greedy, and "none" is the fast loop's default (the model's own dtype).
+        if generation.get("num_beams") == 1:
             del generation["num_beams"]
+        if generation.get("quantize") == "none":
+            del generation["quantize"]
     model = args.model if is_baseline or not Path(args.model).is_dir() else str(Path(args.model).resolve())
     return RunSpec(
         task=args.task, model=model, data=str(Path(args.data).resolve()), data_sha256=_sha256(args.data),
