@@ -57,6 +57,25 @@ def make_config(tmp_path):
     return make
 
 
+@pytest.fixture()
+def referenced_base_start(tiny_model, tmp_path) -> Path:
+    """The tiny model saved as the shipped default model is: its LM a base referenced by path (`base-lm/`), not
+    a copy, so that a LoRA finetune from it ships base + `lora/`. Returns the model folder (`start/`)."""
+    import copy
+
+    from biomedgpt.config import LMConfig
+    from biomedgpt.model.biomedgpt import BioMedGPT
+
+    base = tmp_path / "base-lm"
+    tiny_model.llm.save_pretrained(base)
+    config = copy.deepcopy(tiny_model.config)
+    config.lm = LMConfig(name_or_path=str(base), tokenizer="bytes")
+    start = BioMedGPT.from_config(config)
+    start.load_state_dict(tiny_model.state_dict())
+    start.save_pretrained(tmp_path / "start")
+    return tmp_path / "start"
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models on a shared 2-core machine run far faster on one thread (no OpenMP waits); restored after."""

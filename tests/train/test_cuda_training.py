@@ -52,26 +52,17 @@ def test_lm_stage_on_the_gpu_in_bf16_resumes_exactly(make_config, train_files):
         assert torch.allclose(value.float(), resumed[key].float(), atol=1e-5), key
 
 
-def test_lora_finetune_on_the_gpu_ships_an_adapter_that_loads_onto_the_gpu(make_config, tiny_model, tmp_path):
-    import copy
-
-    from biomedgpt.config import LMConfig
+def test_lora_finetune_on_the_gpu_ships_an_adapter_that_loads_onto_the_gpu(make_config, referenced_base_start,
+                                                                           tmp_path):
     from biomedgpt.inference import GenerationSettings, ask, load_model
     from biomedgpt.model.biomedgpt import BioMedGPT
 
-    base = tmp_path / "base-lm"
-    tiny_model.llm.save_pretrained(base)
-    config = copy.deepcopy(tiny_model.config)
-    config.lm = LMConfig(name_or_path=str(base), tokenizer="bytes")
-    start = BioMedGPT.from_config(config)
-    start.load_state_dict(tiny_model.state_dict())
-    start.save_pretrained(tmp_path / "start")
     sequences = ["MALWMRLLPLLALLALWGPDPAAAFVNQ", "MKTAYIAKQRQISFVKSHFSRQ", "MGSSHHHHHHSSGLVPRGSHM"]
     records = [QARecord(id=f"p{i}", question="What is this protein?", answer=answer, proteins=[sequence])
                for i, (sequence, answer) in enumerate(zip(sequences, ["A hormone.", "A kinase.", "A tag."]))]
     write_jsonl(tmp_path / "proteins.jsonl", records)
 
-    run = make_config("finetune", tmp_path / "proteins.jsonl", model=str(tmp_path / "start"),
+    run = make_config("finetune", tmp_path / "proteins.jsonl", model=str(referenced_base_start),
                       schedule={"batch_size": 3, "max_steps": 6}, optim={"lr": 3e-2})
     summary = train(run)
     losses = _losses(Path(run.output_dir))

@@ -184,23 +184,15 @@ def test_validation_fraction_holds_out_training_items(make_config, train_files):
     assert [r["step"] for r in rows if "val_loss" in r] == [1, 2] and summary["val_loss"] > 0
 
 
-def test_finetune_ships_a_lora_adapter_over_a_referenced_base_lm(make_config, train_files, tiny_model, tmp_path):
+def test_finetune_ships_a_lora_adapter_over_a_referenced_base_lm(make_config, train_files, tiny_model, tmp_path,
+                                                                 referenced_base_start):
     """A start model whose LM is a referenced base (not a copy) saves base + `lora/` (no merged LM), loads back
     to the merged weights, exports with the adapter, and records its retrieval-augmented prompts."""
-    import copy
-
-    from biomedgpt.config import LMConfig
     from biomedgpt.data.records import read_qa
     from biomedgpt.model.export import export_model
     from biomedgpt.retrieval import RetrievalIndex
 
     base = tmp_path / "base-lm"
-    tiny_model.llm.save_pretrained(base)
-    config = copy.deepcopy(tiny_model.config)
-    config.lm = LMConfig(name_or_path=str(base), tokenizer="bytes")
-    start = BioMedGPT.from_config(config)
-    start.load_state_dict(tiny_model.state_dict())
-    start.save_pretrained(tmp_path / "start")
     assert not (tmp_path / "start" / "lm").exists()
     RetrievalIndex.from_records(read_qa(train_files["qa"])).save(tmp_path / "start" / "index.json.gz")
 
