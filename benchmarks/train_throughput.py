@@ -166,15 +166,21 @@ def bench_align_step(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- lm tokens/s
-def measure_matmul_flops(size: int = 1024, seconds: float = 5.0) -> float:
-    """fp32 FLOP/s of square matmuls with torch's default threads (the machine's practical peak)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def measure_matmul_flops(size: int = 1024, seconds: float = 5.0, device: str = "cpu",
+                         dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of square matmuls (the machine's practical peak): fp32 with torch's default threads on a CPU; on a
+    GPU call it with the dtype training computes in (bf16 autocast) and a size that fills the chip."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
+    sync()
     return 2 * size**3 * count / (time.perf_counter() - start)
 
 
@@ -191,34 +197,35 @@ def training_flops_per_token(llm, seq_len: int) -> float:
 
 
 def bench_lm(args) -> None:
-    from biomedgpt.config import small_config
-    from biomedgpt.model.biomedgpt import build_lm
+    from biomedgpt.inference import load_model
 
-    matmul = measure_matmul_flops()
-    source = REPO.parent / "shared" / "data" / "biomed-text-corpus" / "corpus.jsonl.gz"
-    settings = {"model": "small", "seed": 0, "threads": args.threads,
+    cuda = torch.cuda.is_available()  # the loop then trains on the GPU with bf16 autocast (precision: auto)
+    matmul = (measure_matmul_flops(8192, device="cuda", dtype=torch.bfloat16) if cuda else measure_matmul_flops())
+    source = args.data or REPO.parent / "shared" / "data" / "biomed-text-corpus" / "corpus.jsonl.gz"
+    settings = {"model": args.model, "seed": 0, "threads": args.threads,
                 "data": {"train": [str(source)], "max_length": args.seq, "limit": 400},
                 "schedule": {"batch_size": args.batch, "max_steps": args.steps, "save_every": 1000}}
     summary, rows = _run("lm", settings)
-    llm, _ = build_lm(small_config())
-    per_token = training_flops_per_token(llm, args.seq)
+    per_token = training_flops_per_token(load_model(args.model).llm, args.seq)
     steady = rows[1:]  # the first step includes one-time allocation
     seconds = steady[-1]["elapsed_s"] - rows[0]["elapsed_s"]
     tokens_per_s = (steady[-1]["tokens"] - rows[0]["tokens"]) / seconds
     achieved = tokens_per_s * per_token
-    result = {"machine": _machine(), "model": "SmolLM2-135M (small preset), all LM weights trainable, AdamW",
+    device = torch.cuda.get_device_name() if cuda else "CPU"
+    result = {"machine": {**_machine(), "device": device}, "model": f"{args.model}: all LM weights trainable, AdamW",
               "batch": args.batch, "seq_len": args.seq, "steps": args.steps, "tokens_per_s": tokens_per_s,
               "train_flops_per_token": per_token, "achieved_flops": achieved, "matmul_flops": matmul,
               "fraction_of_matmul_peak": achieved / matmul, "final_loss": summary["loss"]}
-    md = ("# lm stage throughput: SmolLM2-135M on this CPU\n\n"
-          f"batch {args.batch} x {args.seq} tokens, {args.steps} steps (first excluded), fp32, AdamW.\n\n"
-          f"| tokens/s | training FLOP/token | achieved GFLOP/s | matmul GFLOP/s (1024^2 fp32) | fraction |\n"
+    peak = "8192^2 bf16" if cuda else "1024^2 fp32"
+    md = (f"# lm stage throughput: {args.model} on {device}\n\n"
+          f"batch {args.batch} x {args.seq} tokens, {args.steps} steps (first excluded), "
+          f"{'bf16 autocast' if cuda else 'fp32'}, AdamW.\n\n"
+          f"| tokens/s | training FLOP/token | achieved GFLOP/s | matmul GFLOP/s ({peak}) | fraction |\n"
           f"|---|---|---|---|---|\n| {tokens_per_s:.1f} | {per_token / 1e9:.3f} G | {achieved / 1e9:.1f} | "
           f"{matmul / 1e9:.1f} | {achieved / matmul:.1%} |\n\n"
           f"Machine load average at start: {result['machine']['load_average_1min']}.\n"
-          "Command: `.venv/bin/python benchmarks/train_throughput.py lm"
-          + (f" --threads {args.threads}" if args.threads else "") + "`\n")
-    _write("lm" + (f"_threads{args.threads}" if args.threads else ""), result, md)
+          "Command: `python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]) + "`\n")
+    _write("lm" + ("_cuda" if cuda else "") + (f"_threads{args.threads}" if args.threads else ""), result, md)
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -248,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     lm.add_argument("--batch", type=int, default=8)
     lm.add_argument("--seq", type=int, default=128)
     lm.add_argument("--steps", type=int, default=5)
+    lm.add_argument("--model", default="small", help="model folder or preset (default small: SmolLM2-135M)")
+    lm.add_argument("--data", type=Path, default=None,
+                    help="text JSONL (default ../shared/data/biomed-text-corpus/corpus.jsonl.gz)")
     lm.set_defaults(func=bench_lm)
     memory = sub.add_parser("memory")
     memory.add_argument("--batch", type=int, default=4)
