@@ -10,6 +10,7 @@ a build and molecules of an excluded (test) set are removed.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,9 +158,17 @@ def _inchikey(mol) -> str:
         RDLogger.EnableLog("rdApp.error")
 
 
+_PRONOUN_SUBJECT = re.compile(r"it\b", re.IGNORECASE)
+
+
 def describe_answer(description: str) -> str:
-    """PCdes descriptions start with a lower-case 'it is …' (the name was replaced): capitalise the first
-    letter so that every answer reads as a sentence; the rest of the text is kept as written."""
+    """One style for every description. PCdes replaced the molecule's name with 'it' ('it is a trimethoxyflavone
+    that …') where ChEBI-20, built the same way from PubChem text, wrote 'The molecule' ('The molecule is a
+    trimethoxyflavone that …'); a model trained on both would not know which to write, and the ChEBI-20 test
+    references use the latter. So a leading 'it' becomes 'The molecule'; any other first letter is capitalised.
+    The rest of the text is kept as written."""
+    if _PRONOUN_SUBJECT.match(description):
+        return "The molecule" + description[2:]
     return description[:1].upper() + description[1:]
 
 

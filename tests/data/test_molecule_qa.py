@@ -39,7 +39,7 @@ def test_every_kind_of_bad_row_is_counted_never_fatal(tmp_path):
     records = list(read_qa(out))
     assert [r.id for r in records] == ["chebi20:702", "chebi20:709"]
     assert records[1].molecules == ["CC(=O)Oc1ccccc1C(=O)O"]
-    assert records[1].answer == "It is aspirin."  # PCdes-style lower-case start is capitalised
+    assert records[1].answer == "The molecule is aspirin."  # PCdes' "it" subject in ChEBI-20's style
     assert records[0].metadata["inchikey"] == "LFQSCWFLJHTTHZ-UHFFFAOYSA-N"
     rows = _rejects(rejects)
     assert [r["line"] for r in rows] == [3, 4, 5, 6, 7, 8]
@@ -87,3 +87,18 @@ def test_doubled_backslashes_of_chebi20_and_stereo_kept_in_the_key():
     _, cis = molecule_identity("C/C=C\\C")
     assert trans != cis and not trans.endswith("UHFFFAOYSA-N")
 
+
+
+@pytest.mark.parametrize(("written", "answer"), [
+    ("It is a trimethoxyflavone. It has a role as a plant metabolite.",
+     "The molecule is a trimethoxyflavone. It has a role as a plant metabolite."),  # only the leading subject
+    ("it appears as a dark brown liquid.", "The molecule appears as a dark brown liquid."),
+    ("It, also known as X, is a drug.", "The molecule, also known as X, is a drug."),
+    ("Its salts are toxic.", "Its salts are toxic."),  # not the pronoun subject
+    ("a glycoside of a kaurene.", "A glycoside of a kaurene."),
+    ("The molecule is ethanol.", "The molecule is ethanol."),  # ChEBI-20 unchanged
+])
+def test_pcdes_descriptions_take_chebi20_subject(written, answer):
+    from biomedgpt.data.molecule_qa import describe_answer
+
+    assert describe_answer(written) == answer
