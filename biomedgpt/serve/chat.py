@@ -99,7 +99,11 @@ def check_entities(model, messages: list[Message], cfg: ServerConfig) -> None:
                 raise APIError(400, f"protein of {residues} residues; the limit is {max_residues}")
 
 
-def settings_from(request: ChatCompletionRequest, cfg: ServerConfig) -> GenerationSettings:
+def settings_from(request: ChatCompletionRequest, cfg: ServerConfig,
+                  recommended: dict | None = None) -> GenerationSettings:
+    """The request's settings over the server's, over the model's recommended decoding (`recommended`, the model
+    config's `generation`; its beam search is not used, see `ServerConfig`)."""
+    recommended = recommended or {}
     if request.n != 1:
         raise APIError(400, "n must be 1: this server returns one choice per request", param="n")
     if request.tools:
@@ -117,11 +121,12 @@ def settings_from(request: ChatCompletionRequest, cfg: ServerConfig) -> Generati
         max_new_tokens=max_tokens,
         temperature=request.temperature or 0.0,
         top_p=request.top_p if request.top_p is not None else 1.0,
-        repetition_penalty=request.repetition_penalty or cfg.default_repetition_penalty,
+        repetition_penalty=(request.repetition_penalty or cfg.default_repetition_penalty
+                            or recommended.get("repetition_penalty", 1.1)),
         stop=stop,
         seed=request.seed,
         engine=cfg.engine,
-        quantize=cfg.quantize,
+        quantize=cfg.quantize or recommended.get("quantize"),
     )
 
 
@@ -137,7 +142,7 @@ def _text_chars(request: ChatCompletionRequest) -> int:
 
 def prepare_chat(model, request: ChatCompletionRequest, cfg: ServerConfig) -> PreparedChat:
     """Validate a chat request completely (CPU work: RDKit parsing, tokenisation; no model forward)."""
-    settings = settings_from(request, cfg)
+    settings = settings_from(request, cfg, model.config.generation)
     chars = _text_chars(request)
     if chars > 16 * cfg.max_prompt_tokens:  # cheap pre-check before tokenising a huge prompt
         raise APIError(400, f"prompt of {chars} characters is too long (limit {cfg.max_prompt_tokens} tokens)",

@@ -24,10 +24,12 @@ class ServerConfig:
     max_atoms: int | None = None  # None: the model's molecule encoder limit
     max_residues: int | None = None  # None: the model's protein encoder limit
     max_embedding_inputs: int = 64
-    # Generation defaults (clients override per request).
-    default_repetition_penalty: float = 1.1  # as `biomedgpt ask`: > 1 discourages loops in small models
+    # Generation defaults (clients override per request). None: the model folder's recommended decoding
+    # (config.json `generation`), else the value after "else". Beam search is not taken from the recommendation:
+    # the server streams tokens as they are decoded and shares one decode between concurrent requests.
+    default_repetition_penalty: float | None = None  # else 1.1, as `biomedgpt ask`: > 1 discourages loops
     engine: str | None = None  # decode loop for every request ("fast" / "hf"; None: the inference default)
-    quantize: str | None = None  # LM weights for the fast loop ("none", "bf16", "int8", "int4"; None: default)
+    quantize: str | None = None  # LM weights for the fast loop ("none", "bf16", "int8", "int4"; else the default)
     evidence_k: int = 3  # neighbours per entity when an index is loaded
 
     def __post_init__(self) -> None:

@@ -75,6 +75,16 @@ def test_unsupported_or_over_limit_settings_are_400(fields, param):
     assert caught.value.status == 400 and caught.value.param == param
 
 
+def test_the_models_recommended_decoding_fills_the_server_defaults_except_beams():
+    recommended = {"num_beams": 4, "repetition_penalty": 1.0, "quantize": "bf16"}
+    settings = settings_from(request(), ServerConfig(), recommended)
+    assert (settings.repetition_penalty, settings.quantize, settings.num_beams) == (1.0, "bf16", 1)
+    operator = ServerConfig(default_repetition_penalty=1.2, quantize="none")
+    settings = settings_from(request(), operator, recommended)
+    assert (settings.repetition_penalty, settings.quantize) == (1.2, "none")
+    assert settings_from(request(repetition_penalty=1.3), operator, recommended).repetition_penalty == 1.3
+
+
 def test_server_wide_engine_and_quantize():
     settings = settings_from(request(), ServerConfig(engine="hf", quantize="none"))
     assert (settings.engine, settings.quantize) == ("hf", "none")
