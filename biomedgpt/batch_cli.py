@@ -31,7 +31,7 @@ def run_batch_command(args) -> int:
     if not Path(args.input).is_file():  # before the heavy imports: a typo should fail at once
         raise UserError(f"input file not found: {args.input}")
     from biomedgpt.batch import read_rows, run_batch
-    from biomedgpt.inference import load_model
+    from biomedgpt.inference import load_model, recommended_decoding
     from biomedgpt.inference_cli import _quiet_transformers, _settings
 
     if Path(args.output).suffix.lower() != ".jsonl":
@@ -42,7 +42,7 @@ def run_batch_command(args) -> int:
     read_rows(args.input)  # fail fast on bad flags or a missing or malformed file, before loading the model
     _quiet_transformers()
     model = load_model(args.model)
-    settings = _settings(args, model.config.generation)
+    settings = _settings(args, recommended_decoding(model))
     try:
         summary = run_batch(model, args.input, args.output, settings, batch_size=args.batch_size,
                             restart=args.restart, progress=not args.no_progress)

@@ -70,9 +70,9 @@ class GenerationSettings:
 
     @classmethod
     def for_model(cls, model: BioMedGPT, **overrides) -> GenerationSettings:
-        """The model's recommended decoding (`config.generation`, e.g. 4 beams for biomedgpt-small) with
+        """The model's recommended decoding (`recommended_decoding`, e.g. 4 beams for biomedgpt-small) with
         `overrides` on top; what `ask`, `generate_batch`, `stream` and `run_batch` use when given no settings."""
-        return cls(**{**model.config.generation, **overrides})
+        return cls(**{**recommended_decoding(model), **overrides})
 
     def describe(self) -> str:
         """One line for logs and `--timing`, e.g. "4 beams, repetition penalty 1.0, bf16 weights"."""
@@ -99,6 +99,15 @@ class GenerationSettings:
         if self.quantize is not None:
             kwargs["quantize"] = self.quantize
         return kwargs
+
+
+def recommended_decoding(model: BioMedGPT) -> dict:
+    """The model config's `generation`, for where the model runs: its `quantize` is a weight format of the CPU fast
+    loop, so on a GPU (where HF generate runs the model in its loaded dtype) it is left out."""
+    recommended = dict(model.config.generation)
+    if model.device.type != "cpu":
+        recommended.pop("quantize", None)
+    return recommended
 
 
 def default_model_path() -> str:

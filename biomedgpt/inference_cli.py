@@ -84,7 +84,7 @@ def _quiet_transformers() -> None:
 
 
 def run_ask(args) -> int:
-    from biomedgpt.inference import ask, load_model, prepare_entities
+    from biomedgpt.inference import ask, load_model, prepare_entities, recommended_decoding
 
     _settings(args)  # fail fast on bad flags and bad input, before loading anything
     prepare_entities(None, args.smiles, args.protein)
@@ -92,7 +92,7 @@ def run_ask(args) -> int:
     start = time.perf_counter()
     model = load_model(args.model)
     loaded = time.perf_counter()
-    settings = _settings(args, model.config.generation)
+    settings = _settings(args, recommended_decoding(model))
     answer = ask(model, args.question, args.smiles, args.protein, settings)
     done = time.perf_counter()
     print(answer)
@@ -126,12 +126,12 @@ def _print_evidence(args, model) -> None:
 
 def run_chat(args) -> int:
     from biomedgpt.errors import UserError
-    from biomedgpt.inference import Message, load_model, prepare_entities, stream
+    from biomedgpt.inference import Message, load_model, prepare_entities, recommended_decoding, stream
 
     _settings(args)
     _quiet_transformers()
     model = load_model(args.model)
-    settings = _settings(args, model.config.generation)
+    settings = _settings(args, recommended_decoding(model))
     history: list[Message] = []
     smiles: list[str] = []
     proteins: list[str] = []

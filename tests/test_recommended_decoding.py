@@ -8,7 +8,7 @@ import copy
 import pytest
 
 from biomedgpt.config import BioMedGPTConfig, resolve_generation
-from biomedgpt.inference import GenerationSettings, Message, generate_batch
+from biomedgpt.inference import GenerationSettings, Message, generate_batch, recommended_decoding
 
 
 def test_explicit_choices_override_the_recommendation_which_overrides_the_fallback():
@@ -37,3 +37,10 @@ def test_no_settings_means_the_models_recommendation(tiny_model):
     recommended = generate_batch(model, conversations)
     assert recommended == generate_batch(model, conversations, GenerationSettings(**model.config.generation))
     assert recommended != generate_batch(model, conversations, GenerationSettings(max_new_tokens=2))
+
+
+def test_the_weight_format_is_a_cpu_setting(tiny_model):
+    model = copy.copy(tiny_model)
+    model.config = copy.deepcopy(tiny_model.config)
+    model.config.generation = {"num_beams": 2, "quantize": "bf16"}
+    assert recommended_decoding(model) == {"num_beams": 2, "quantize": "bf16"}  # on the CPU: the fast loop's

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from biomedgpt.constants import MOLECULE_PLACEHOLDER, PROTEIN_PLACEHOLDER
-from biomedgpt.inference import GenerationSettings, Message, build_example
+from biomedgpt.inference import GenerationSettings, Message, build_example, recommended_decoding
 from biomedgpt.serve.config import ServerConfig
 from biomedgpt.serve.errors import APIError
 from biomedgpt.serve.schemas import ChatCompletionRequest, ChatMessage, MoleculePart, ProteinPart, TextPart
@@ -142,7 +142,7 @@ def _text_chars(request: ChatCompletionRequest) -> int:
 
 def prepare_chat(model, request: ChatCompletionRequest, cfg: ServerConfig) -> PreparedChat:
     """Validate a chat request completely (CPU work: RDKit parsing, tokenisation; no model forward)."""
-    settings = settings_from(request, cfg, model.config.generation)
+    settings = settings_from(request, cfg, recommended_decoding(model))
     chars = _text_chars(request)
     if chars > 16 * cfg.max_prompt_tokens:  # cheap pre-check before tokenising a huge prompt
         raise APIError(400, f"prompt of {chars} characters is too long (limit {cfg.max_prompt_tokens} tokens)",

@@ -136,3 +136,13 @@ def _write_lora(model: BioMedGPT, directory) -> None:
             if "lora_B" in name:
                 parameter.normal_(std=0.05)
     peft_model.save_pretrained(directory)
+
+
+@needs_cuda
+def test_a_recommended_cpu_weight_format_is_not_used_on_the_gpu(tiny_model):
+    from biomedgpt.inference import recommended_decoding
+
+    gpu = copy.deepcopy(tiny_model).to("cuda")
+    gpu.config.generation = {"num_beams": 2, "quantize": "bf16"}
+    assert recommended_decoding(gpu) == {"num_beams": 2}
+    assert GenerationSettings.for_model(gpu).quantize is None
