@@ -82,6 +82,10 @@ def _build_spec(args):
         fallback = {"max_new_tokens": 128 if args.task == "qa" else 16, "repetition_penalty": 1.1}
         recommended = {k: v for k, v in recommended_generation(args.model).items()
                        if k in ("repetition_penalty", "num_beams", "quantize")}  # lengths are per benchmark
+        import torch
+
+        if torch.cuda.is_available():  # load_model puts it on the GPU, where a CPU weight format does not apply
+            recommended.pop("quantize", None)
         generation = resolve_generation(fallback, recommended, {
             "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
             "num_beams": args.num_beams, "quantize": args.quantize})
