@@ -19,6 +19,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 CONFIG_FORMAT = 1
 # Decoding settings a model folder may recommend (`BioMedGPTConfig.generation`).
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty", "num_beams", "quantize")
+# What `ask`, `chat`, `batch`, `eval` and `serve` use where neither the caller nor the model says otherwise
+# (a repetition penalty > 1 discourages loops in small models).
+FALLBACK_GENERATION = {"max_new_tokens": 128, "repetition_penalty": 1.1}
 
 
 @dataclass
@@ -192,6 +195,14 @@ def resolve_generation(fallback: dict[str, Any], recommended: dict[str, Any], ex
     if merged.get("temperature", 0) > 0 and "num_beams" not in chosen:
         merged.pop("num_beams", None)
     return merged
+
+
+def generation_for_device(generation: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """A recommended decoding for where the model runs: `quantize` is a weight format of the CPU fast loop, so
+    elsewhere (a GPU, where HF generate runs the model in its loaded dtype) it is left out."""
+    if device_type == "cpu":
+        return dict(generation)
+    return {key: value for key, value in generation.items() if key != "quantize"}
 
 
 def recommended_generation(name_or_path: str | Path | None) -> dict[str, Any]:

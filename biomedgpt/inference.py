@@ -102,12 +102,10 @@ class GenerationSettings:
 
 
 def recommended_decoding(model: BioMedGPT) -> dict:
-    """The model config's `generation`, for where the model runs: its `quantize` is a weight format of the CPU fast
-    loop, so on a GPU (where HF generate runs the model in its loaded dtype) it is left out."""
-    recommended = dict(model.config.generation)
-    if model.device.type != "cpu":
-        recommended.pop("quantize", None)
-    return recommended
+    """The model config's `generation`, for the device the model is on (`config.generation_for_device`)."""
+    from biomedgpt.config import generation_for_device
+
+    return generation_for_device(model.config.generation, model.device.type)
 
 
 def default_model_path() -> str:

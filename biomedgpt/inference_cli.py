@@ -28,11 +28,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="LM weight precision for the fast engine (default: the model's, else none; see "
                              "docs/performance.md)")
     # Defaults (None) above mean "not given": the model folder's recommended decoding (config.json `generation`,
-    # shown by --timing) fills them, then CLI_FALLBACK.
-
-
-# What the flags mean when neither they nor the model say otherwise.
-CLI_FALLBACK = {"max_new_tokens": 128, "repetition_penalty": 1.1}
+    # shown by --timing) fills them, then biomedgpt.config.FALLBACK_GENERATION.
 
 
 def register(subparsers) -> None:
@@ -61,14 +57,14 @@ def register(subparsers) -> None:
 def _settings(args, recommended: dict | None = None):
     """The GenerationSettings of these flags over the model's recommended decoding (`recommended`; call once
     without it before loading the model, so that a bad flag fails at once)."""
-    from biomedgpt.config import resolve_generation
+    from biomedgpt.config import FALLBACK_GENERATION, resolve_generation
     from biomedgpt.inference import GenerationSettings
 
     explicit = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
                 "repetition_penalty": args.repetition_penalty, "num_beams": args.num_beams,
                 "quantize": args.quantize}
     try:
-        return GenerationSettings(**resolve_generation(CLI_FALLBACK, recommended or {}, explicit),
+        return GenerationSettings(**resolve_generation(FALLBACK_GENERATION, recommended or {}, explicit),
                                   seed=args.seed, engine=args.engine)
     except ValueError as err:
         from biomedgpt.errors import UserError

@@ -76,16 +76,21 @@ def _build_spec(args):
     is_baseline = args.model.startswith("baseline:")
     generation = {}
     if not is_baseline and (args.task == "qa" or args.protocol == "generate"):
-        from biomedgpt.config import recommended_generation, resolve_generation
-
-        # The model folder's recommended decoding (config.json `generation`) under the flags, as `biomedgpt ask`
-        fallback = {"max_new_tokens": 128 if args.task == "qa" else 16, "repetition_penalty": 1.1}
-        recommended = {k: v for k, v in recommended_generation(args.model).items()
-                       if k in ("repetition_penalty", "num_beams", "quantize")}  # lengths are per benchmark
         import torch
 
-        if torch.cuda.is_available():  # load_model puts it on the GPU, where a CPU weight format does not apply
-            recommended.pop("quantize", None)
+        from biomedgpt.config import (
+            FALLBACK_GENERATION,
+            generation_for_device,
+            recommended_generation,
+            resolve_generation,
+        )
+
+        # The model folder's recommended decoding (config.json `generation`) under the flags, as `biomedgpt ask`,
+        # for the device load_model will put it on; answer lengths are per benchmark, not the model's.
+        fallback = {**FALLBACK_GENERATION, "max_new_tokens": 128 if args.task == "qa" else 16}
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        recommended = {k: v for k, v in generation_for_device(recommended_generation(args.model), device).items()
+                       if k in ("repetition_penalty", "num_beams", "quantize")}
         generation = resolve_generation(fallback, recommended, {
             "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
             "num_beams": args.num_beams, "quantize": args.quantize})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from biomedgpt.config import FALLBACK_GENERATION
 from biomedgpt.constants import MOLECULE_PLACEHOLDER, PROTEIN_PLACEHOLDER
 from biomedgpt.inference import GenerationSettings, Message, build_example, recommended_decoding
 from biomedgpt.serve.config import ServerConfig
@@ -122,7 +123,7 @@ def settings_from(request: ChatCompletionRequest, cfg: ServerConfig,
         temperature=request.temperature or 0.0,
         top_p=request.top_p if request.top_p is not None else 1.0,
         repetition_penalty=(request.repetition_penalty or cfg.default_repetition_penalty
-                            or recommended.get("repetition_penalty", 1.1)),
+                            or recommended.get("repetition_penalty", FALLBACK_GENERATION["repetition_penalty"])),
         stop=stop,
         seed=request.seed,
         engine=cfg.engine,
