@@ -117,8 +117,13 @@ def default_model_path() -> str:
     return "small"
 
 
-def load_model(name_or_path: str | None = None) -> BioMedGPT:
-    """Load a model folder, or build a preset by name (`tiny`, `small`, `biomedgpt-10b`)."""
+def load_model(name_or_path: str | None = None, lite: bool = False) -> BioMedGPT:
+    """Load a model folder, or build a preset by name (`tiny`, `small`, `biomedgpt-10b`).
+
+    `lite`: for answering on a CPU (`biomedgpt ask`/`chat`): a float32 folder's LM, tokenizer and protein encoder
+    are built without transformers' model classes where the model allows it (`BioMedGPT.from_pretrained`), which
+    saves ~2 s of a cold start; without effect on a machine with CUDA. Leave it off for training (the model must
+    be transformers' own)."""
     from biomedgpt.config import PRESETS
 
     name_or_path = name_or_path or default_model_path()
@@ -135,7 +140,7 @@ def load_model(name_or_path: str | None = None) -> BioMedGPT:
                 directory, dtype=dtype, device_map="auto" if torch.cuda.is_available() else None
             )
         else:
-            model = BioMedGPT.from_pretrained(directory)
+            model = BioMedGPT.from_pretrained(directory, lite=lite)
         return attach_evidence_index(model, directory)
     if name_or_path in PRESETS:
         return BioMedGPT.from_preset(name_or_path)

@@ -8,6 +8,7 @@ Attribute names follow the published BioMedGPT-10B state dict (`llm.`, `mol_stru
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import warnings
@@ -36,8 +37,13 @@ def _torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def build_lm(config: BioMedGPTConfig, base_dir: str | Path | None = None):
-    """Return (causal LM, tokenizer) for `config.lm`, offline."""
+def build_lm(config: BioMedGPTConfig, base_dir: str | Path | None = None, lite: bool = False):
+    """Return (causal LM, tokenizer) for `config.lm`, offline. With `lite`, a Llama LM folder and its tokenizer
+    are read without transformers (`biomedgpt.model.lite`: a fast cold start) when they allow it."""
+    if lite:
+        built = _build_lite_lm(config, base_dir)
+        if built is not None:
+            return built
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from biomedgpt.model.lm import BYTE_TOKENIZER, byte_tokenizer, resolve_lm_path
@@ -71,16 +77,24 @@ _PLAIN_LORA = {"peft_type": "LORA", "use_dora": False, "use_rslora": False, "fan
                "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None, "bias": "none"}
 
 
-def merge_lora(llm: nn.Module, adapter_dir: Path) -> nn.Module:
-    """The LM with a peft LoRA adapter merged into its weights (same function as the unmerged adapter, no
-    per-token overhead)."""
-    import json
-
+def _lora_config(adapter_dir: Path) -> dict:
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"LoRA adapter not found: {adapter_dir} (no adapter_config.json)")
-    config = json.loads(config_file.read_text())
-    if any(config.get(key, value) != value for key, value in _PLAIN_LORA.items()):
+    return json.loads(config_file.read_text())
+
+
+def _plain_lora(adapter_dir: Path) -> bool:
+    """True when the adapter is a plain low-rank update that `merge_lora` applies without peft."""
+    config = _lora_config(adapter_dir)
+    return all(config.get(key, value) == value for key, value in _PLAIN_LORA.items())
+
+
+def merge_lora(llm: nn.Module, adapter_dir: Path) -> nn.Module:
+    """The LM with a peft LoRA adapter merged into its weights (same function as the unmerged adapter, no
+    per-token overhead)."""
+    config = _lora_config(adapter_dir)
+    if not _plain_lora(adapter_dir):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(llm, str(adapter_dir)).merge_and_unload()
@@ -100,10 +114,52 @@ def merge_lora(llm: nn.Module, adapter_dir: Path) -> nn.Module:
     return llm
 
 
-def build_protein_encoder(config: BioMedGPTConfig, base_dir: str | Path | None = None):
+def _build_lite_lm(config: BioMedGPTConfig, base_dir: str | Path | None):
+    """(LiteLlama, LiteTokenizer) for `config.lm`, or None (logged) when it needs transformers."""
+    from biomedgpt.model.lite import LiteLlama, lite_lm_reason
+    from biomedgpt.model.lite_tokenizer import LiteTokenizer, lite_tokenizer_reason
+    from biomedgpt.model.lm import BYTE_TOKENIZER, byte_backend, resolve_lm_path
+
+    lm_cfg = config.lm
+    if lm_cfg.arch is not None:
+        reason = "a randomly initialised LM"
+    else:
+        path = Path(resolve_lm_path(lm_cfg.name_or_path, base_dir))
+        reason = lite_lm_reason(path)
+        tokenizer_dir = Path(lm_cfg.tokenizer).expanduser() if lm_cfg.tokenizer not in (None, BYTE_TOKENIZER) \
+            else path
+        if reason is None and lm_cfg.tokenizer != BYTE_TOKENIZER:
+            reason = lite_tokenizer_reason(tokenizer_dir)
+        if reason is None and lm_cfg.lora is not None and not _plain_lora(Path(base_dir or ".") / lm_cfg.lora):
+            reason = "a LoRA adapter that needs peft"
+    if reason is not None:
+        logger.debug("loading the LM with transformers (%s)", reason)
+        return None
+    llm = LiteLlama.from_folder(path, _torch_dtype(lm_cfg.dtype))
+    if lm_cfg.lora is not None:
+        llm = merge_lora(llm, Path(base_dir or ".") / lm_cfg.lora)
+    if lm_cfg.tokenizer == BYTE_TOKENIZER:
+        from biomedgpt.model.lm import BYTE_SPECIALS
+
+        pad, bos, eos = BYTE_SPECIALS
+        tokenizer = LiteTokenizer(byte_backend(), {"pad_token": pad, "bos_token": bos, "eos_token": eos})
+    else:
+        tokenizer = LiteTokenizer.from_folder(tokenizer_dir)
+    return llm, tokenizer
+
+
+def build_protein_encoder(config: BioMedGPTConfig, base_dir: str | Path | None = None, lite: bool = False):
+    """The ESM-2 encoder of `config.protein`; with `lite` (and an inline config) `LiteEsm`, no transformers."""
+    cfg = config.protein
+    if lite:
+        from biomedgpt.model.lite import LiteEsm, lite_esm_reason
+
+        reason = lite_esm_reason(cfg.arch)
+        if reason is None:
+            return LiteEsm(cfg.arch)
+        logger.debug("building the protein encoder with transformers (%s)", reason)
     from transformers import EsmConfig, EsmModel
 
-    cfg = config.protein
     if cfg.arch is not None:
         return EsmModel(EsmConfig(**cfg.arch), add_pooling_layer=False)
     path = cfg.name_or_path
@@ -134,13 +190,15 @@ class BioMedGPT(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: BioMedGPTConfig, base_dir: str | Path | None = None) -> BioMedGPT:
+    def from_config(cls, config: BioMedGPTConfig, base_dir: str | Path | None = None, lite: bool = False
+                    ) -> BioMedGPT:
         """Build the model; the LM (and a named ESM) load their weights, the rest starts random, seeded by
-        `config.seed` (a random LM too), without touching the caller's global RNG state."""
+        `config.seed` (a random LM too), without touching the caller's global RNG state. `lite`: see
+        `from_pretrained`."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            llm, tokenizer = build_lm(config, base_dir)
-            protein_encoder = build_protein_encoder(config, base_dir) if config.protein else None
+            llm, tokenizer = build_lm(config, base_dir, lite)
+            protein_encoder = build_protein_encoder(config, base_dir, lite) if config.protein else None
             model = cls(config, llm, tokenizer, protein_encoder)
         dtype = _torch_dtype(config.lm.dtype)
         for part in (model.mol_structure_encoder, model.proj_mol, model.prot_structure_encoder, model.proj_prot):
@@ -159,9 +217,15 @@ class BioMedGPT(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, verify: bool = True, *, dtype: str | None = None, device_map=None
+        cls, directory: str | Path, verify: bool = True, *, dtype: str | None = None, device_map=None,
+        lite: bool = False,
     ) -> BioMedGPT:
         """Load a folder written by `save_pretrained` (checksums verified when `SHA256SUMS` is present).
+
+        `lite` (inference on a CPU): build the Llama LM, its tokenizer and the ESM encoder without transformers'
+        model classes (`biomedgpt.model.lite`; ~2 s less start-up), where the model allows it; transformers is
+        then imported only if something needs it (a forward pass for scoring, an option the fast decode loop
+        does not implement). Not for training.
 
         With `dtype` ("bfloat16", …) or `device_map` ("auto", "cuda:0", an accelerate map) the model is built on
         the meta device and its files are streamed in (`biomedgpt.model.published.load_model_folder`): host memory
@@ -180,7 +244,7 @@ class BioMedGPT(nn.Module):
         if verify:
             verify_checksums(directory)
         config = BioMedGPTConfig.load(directory / CONFIG_NAME)
-        model = cls.from_config(config, base_dir=directory)
+        model = cls.from_config(config, base_dir=directory, lite=lite)
         if (directory / WEIGHTS_NAME).is_file():
             state = load_file(directory / WEIGHTS_NAME)
             missing, unexpected = model.load_state_dict(state, strict=False)

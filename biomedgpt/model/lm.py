@@ -100,10 +100,9 @@ def convert_bundled_gguf(model_id: str, target: Path) -> Path:
     return target
 
 
-def byte_tokenizer():
-    """A byte-level tokenizer needing no files: 3 special tokens + 256 bytes. Used by the tiny preset."""
+def byte_backend():
+    """The `tokenizers.Tokenizer` of the byte-level vocabulary: 3 special tokens + 256 bytes, no files."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     specials = list(BYTE_SPECIALS)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -112,5 +111,13 @@ def byte_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return backend
 
+
+def byte_tokenizer():
+    """A byte-level tokenizer needing no files (transformers' fast tokenizer over `byte_backend`). Used by the
+    tiny preset."""
+    from transformers import PreTrainedTokenizerFast
+
+    pad, bos, eos = BYTE_SPECIALS
+    return PreTrainedTokenizerFast(tokenizer_object=byte_backend(), pad_token=pad, bos_token=bos, eos_token=eos)
