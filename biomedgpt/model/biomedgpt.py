@@ -277,6 +277,11 @@ class BioMedGPT(nn.Module):
             # base LM by reference + the adapter (a few MB) instead of a merged LM copy
             names += self._copy_lora(Path(self.lora_adapter), directory)
             config.lm.lora = LORA_SUBDIR
+        if save_lm and not hasattr(self.llm, "save_pretrained"):
+            from biomedgpt.errors import UserError
+
+            raise UserError("this model was loaded with lite=True (inference only) and its LM cannot be saved that "
+                            "way; load it with load_model(path) / BioMedGPT.from_pretrained(path) to save it")
         if save_lm:
             shard_kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
             self.llm.save_pretrained(directory / LM_SUBDIR, **shard_kwargs)
@@ -284,7 +289,10 @@ class BioMedGPT(nn.Module):
             config.lm.name_or_path, config.lm.arch, config.lm.tokenizer = LM_SUBDIR, None, None
             names += [f"{LM_SUBDIR}/{p.name}" for p in sorted((directory / LM_SUBDIR).iterdir()) if p.is_file()]
         if self.prot_structure_encoder is not None:
-            config.protein.arch, config.protein.name_or_path = self.prot_structure_encoder.config.to_diff_dict(), None
+            encoder_config = self.prot_structure_encoder.config
+            arch = encoder_config.to_diff_dict() if hasattr(encoder_config, "to_diff_dict") else dict(
+                vars(encoder_config))  # LiteEsm: a namespace of EsmConfig kwargs
+            config.protein.arch, config.protein.name_or_path = arch, None
             config.protein.arch.pop("transformers_version", None)
             config.protein.arch.pop("architectures", None)
             config.protein.arch.pop("model_type", None)

@@ -31,7 +31,7 @@ from torch import nn
 
 from biomedgpt.model.checkpoint import checkpoint_files, iter_tensors
 
-# Keys of an LM's config.json the fast decode loop relies on; other model types go to transformers.
+# LM model types LiteLlama (and the fast decode loop) implement; others are loaded with transformers.
 _LLAMA_TYPES = ("llama",)
 
 
@@ -174,7 +174,7 @@ class LiteLlama(nn.Module):
 
             config = AutoConfig.for_model(**self.config_dict)
             model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
-            model.load_state_dict(self.state_dict(), strict=False, assign=True)
+            model.load_state_dict(self.state_dict(), assign=True)
             model.tie_weights()
             model.generation_config = GenerationConfig(**vars(self.generation_config))
             self._hf.append(model.to(self.device).train(self.training))

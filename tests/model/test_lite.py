@@ -175,3 +175,18 @@ def test_shipped_model_lite_equals_transformers():
         model = load_model(str(directory), lite=lite)
         answers[lite] = [ask(model, q, s, p, settings) for q, s, p in questions]
     assert answers[True] == answers[False]
+
+
+def test_lite_model_saves_its_encoders_and_refuses_to_save_its_lm(tmp_path, tiny_model_dir):
+    from biomedgpt.errors import UserError
+
+    lite = load_model(str(tiny_model_dir), lite=True)
+    with pytest.raises(UserError, match="lite=True"):  # the tiny folder carries its own LM (lm/)
+        lite.save_pretrained(tmp_path / "copy")
+    lite.config.lm.name_or_path = str(tiny_model_dir / "lm")  # an LM by reference: only the encoders are written
+    lite.lm_modified = False
+    lite.save_pretrained(tmp_path / "copy")
+    settings = GenerationSettings(max_new_tokens=8)
+    question = [[Message("user", "Which protein?", proteins=["MKTAYIAKQRQISFVKSHFSRQ"])]]
+    assert generate_batch(load_model(str(tmp_path / "copy")), question, settings) == \
+        generate_batch(lite, question, settings)
