@@ -118,7 +118,7 @@ def _build_lite_lm(config: BioMedGPTConfig, base_dir: str | Path | None):
     """(LiteLlama, LiteTokenizer) for `config.lm`, or None (logged) when it needs transformers."""
     from biomedgpt.model.lite import LiteLlama, lite_lm_reason
     from biomedgpt.model.lite_tokenizer import LiteTokenizer, lite_tokenizer_reason
-    from biomedgpt.model.lm import BYTE_TOKENIZER, byte_backend, resolve_lm_path
+    from biomedgpt.model.lm import BYTE_SPECIALS, BYTE_TOKENIZER, byte_backend, resolve_lm_path
 
     lm_cfg = config.lm
     if lm_cfg.arch is not None:
@@ -132,19 +132,22 @@ def _build_lite_lm(config: BioMedGPTConfig, base_dir: str | Path | None):
             reason = lite_tokenizer_reason(tokenizer_dir)
         if reason is None and lm_cfg.lora is not None and not _plain_lora(Path(base_dir or ".") / lm_cfg.lora):
             reason = "a LoRA adapter that needs peft"
+    if reason is None:
+        try:
+            if lm_cfg.tokenizer == BYTE_TOKENIZER:
+                pad, bos, eos = BYTE_SPECIALS
+                tokenizer = LiteTokenizer(byte_backend(), {"pad_token": pad, "bos_token": bos, "eos_token": eos})
+            else:
+                tokenizer = LiteTokenizer.from_folder(tokenizer_dir)
+            llm = LiteLlama.from_folder(path, _torch_dtype(lm_cfg.dtype))
+        except (ValueError, KeyError, AttributeError, RuntimeError) as err:
+            # A folder transformers reads its own way (unusual keys, added special tokens...): use it.
+            reason = f"{type(err).__name__}: {err}"
     if reason is not None:
-        logger.debug("loading the LM with transformers (%s)", reason)
+        logger.info("loading the LM with transformers (the lite path cannot: %s)", reason)
         return None
-    llm = LiteLlama.from_folder(path, _torch_dtype(lm_cfg.dtype))
     if lm_cfg.lora is not None:
         llm = merge_lora(llm, Path(base_dir or ".") / lm_cfg.lora)
-    if lm_cfg.tokenizer == BYTE_TOKENIZER:
-        from biomedgpt.model.lm import BYTE_SPECIALS
-
-        pad, bos, eos = BYTE_SPECIALS
-        tokenizer = LiteTokenizer(byte_backend(), {"pad_token": pad, "bos_token": bos, "eos_token": eos})
-    else:
-        tokenizer = LiteTokenizer.from_folder(tokenizer_dir)
     return llm, tokenizer
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from biomedgpt.model.checkpoint import checkpoint_files, iter_tensors
 
+_GENERATION_FROM_CONFIG = ("bos_token_id", "eos_token_id", "pad_token_id")
 # LM model types LiteLlama (and the fast decode loop) implement; others are loaded with transformers.
 _LLAMA_TYPES = ("llama",)
 
@@ -49,6 +50,8 @@ def lite_lm_reason(lm_dir: Path) -> str | None:
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         return f"rope type {rope.get('rope_type')!r}"
+    if config.get("quantization_config"):
+        return "quantized weights"
     try:
         files = checkpoint_files(lm_dir)
     except Exception as err:  # noqa: BLE001 (any reason is a reason to use transformers)
@@ -124,26 +127,31 @@ class LiteLlama(nn.Module):
     def __init__(self, config: dict[str, Any], generation_config: dict[str, Any] | None = None):
         super().__init__()
         self.config_dict = dict(config)
-        self.config = SimpleNamespace(**config)
-        self.generation_config = SimpleNamespace(**(generation_config or {}))
+        # LlamaConfig's defaults for keys older config.json files leave out
+        defaults = {"num_key_value_heads": config["num_attention_heads"], "rms_norm_eps": 1e-6,
+                    "tie_word_embeddings": False}
+        self.config = SimpleNamespace(**{**defaults, **config})
+        if generation_config is None:  # as transformers derives it from the model config
+            generation_config = {k: config[k] for k in _GENERATION_FROM_CONFIG if config.get(k) is not None}
+        self.generation_config = SimpleNamespace(**generation_config)
         c = self.config
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.model = _Body(c, head_dim)
         self.lm_head = _Linear(c.hidden_size, c.vocab_size)
-        self._hf: list[nn.Module] = []  # the transformers model over these tensors, once built (not a submodule)
+        self._hf: list = []  # [tensor pointers, transformers model over them] once built (not a submodule)
 
     @classmethod
     def from_folder(cls, lm_dir: str | Path, dtype: torch.dtype = torch.float32) -> LiteLlama:
         """Read an HF Llama folder (config.json, safetensors weights, generation_config.json if present)."""
         lm_dir = Path(lm_dir)
         generation_file = lm_dir / "generation_config.json"
-        generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
+        generation = json.loads(generation_file.read_text()) if generation_file.is_file() else None
         model = cls(json.loads((lm_dir / "config.json").read_text()), generation)
         state = {}
         for path in checkpoint_files(lm_dir):
             for key, tensor in iter_tensors(path):
                 state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-        tied = getattr(model.config, "tie_word_embeddings", False)
+        tied = model.config.tie_word_embeddings
         if tied:
             state.pop("lm_head.weight", None)
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
@@ -168,8 +176,10 @@ class LiteLlama(nn.Module):
         return self.model.embed_tokens
 
     def hf(self) -> nn.Module:
-        """transformers' `LlamaForCausalLM` sharing this module's tensors (built on first call, ~2 s)."""
-        if not self._hf:
+        """transformers' `LlamaForCausalLM` sharing this module's tensors (built on first call, ~2 s; built again
+        if this module's tensors were replaced since, e.g. by `.to(dtype)`)."""
+        tensors = [p.data_ptr() for p in self.parameters()]
+        if not self._hf or self._hf[0] != tensors:
             from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
             config = AutoConfig.for_model(**self.config_dict)
@@ -177,8 +187,14 @@ class LiteLlama(nn.Module):
             model.load_state_dict(self.state_dict(), assign=True)
             model.tie_weights()
             model.generation_config = GenerationConfig(**vars(self.generation_config))
-            self._hf.append(model.to(self.device).train(self.training))
-        return self._hf[0]
+            self._hf[:] = [tensors, model.to(self.device).eval()]
+        return self._hf[1]
+
+    def train(self, mode: bool = True) -> LiteLlama:
+        """Inference only: gradients of `forward` would reach the transformers copy's parameters, not these."""
+        if mode:
+            raise RuntimeError("a lite LM is for inference; load the model with lite=False to train it")
+        return super().train(False)
 
     def forward(self, *args, **kwargs):
         return self.hf()(*args, **kwargs)
@@ -275,6 +291,7 @@ class LiteEsm(nn.Module):
         self.rotary_embeddings = _Rotary(self.head_dim, c.rope_theta)
         self.encoder = _EsmEncoder(c)
         self.contact_head = _ContactHead(c.num_hidden_layers * c.num_attention_heads)
+        self.register_load_state_dict_pre_hook(_legacy_rotary_keys)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
         c = self.config
@@ -308,6 +325,18 @@ class LiteEsm(nn.Module):
             h = _esm_gelu(layer.intermediate.dense(layer.LayerNorm(x)))
             x = x + layer.output.dense(h)
         return SimpleNamespace(last_hidden_state=self.encoder.emb_layer_norm_after(x))
+
+
+def _legacy_rotary_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints from transformers 4 keep one rotary `inv_freq` per layer; now there is one per model (as
+    `EsmModel.load_hook` maps them)."""
+    new_key = f"{prefix}rotary_embeddings.inv_freq"
+    old_keys = sorted(k for k in state_dict
+                      if k.startswith(prefix) and k.endswith(".attention.self.rotary_embeddings.inv_freq"))
+    if old_keys and new_key not in state_dict:
+        state_dict[new_key] = state_dict[old_keys[0]]
+    for key in old_keys:
+        del state_dict[key]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,12 @@ from typing import Any
 # Tokenizer classes that are exactly their tokenizer.json (no extra rules in Python).
 _PLAIN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast", "GPT2Tokenizer", "GPT2TokenizerFast")
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+# tokenizer_config.json options that transformers applies on top of tokenizer.json (any of them: use transformers).
+_PYTHON_OPTIONS = ("clean_up_tokenization_spaces", "add_bos_token", "add_eos_token", "split_special_tokens")
+
+
+class LiteTokenizerUnsupported(ValueError):
+    """The folder's tokenizer needs transformers after all (found while reading it)."""
 
 
 def lite_tokenizer_reason(directory: Path) -> str | None:
@@ -32,8 +38,14 @@ def lite_tokenizer_reason(directory: Path) -> str | None:
     config, template = _read_config(directory)
     if config.get("tokenizer_class", "PreTrainedTokenizerFast") not in _PLAIN_CLASSES:
         return f"tokenizer class {config.get('tokenizer_class')!r}"
-    if config.get("clean_up_tokenization_spaces") or config.get("add_bos_token") or config.get("add_eos_token"):
-        return "tokenizer options applied in Python (clean-up of spaces, added bos/eos)"
+    python_rules = [key for key in _PYTHON_OPTIONS if config.get(key)]
+    python_rules += ["add_prefix_space"] if "add_prefix_space" in config else []
+    if python_rules:
+        return f"tokenizer options applied by transformers in Python ({', '.join(python_rules)})"
+    legacy = directory / "special_tokens_map.json"
+    if legacy.is_file() and any(_token_text(value) != _token_text(config.get(key))
+                                for key, value in json.loads(legacy.read_text()).items()):
+        return "special tokens in a legacy special_tokens_map.json"
     if template is not None and not isinstance(template, str):
         return "named chat templates"
     if re.search(r"\{%-?\s*generation\s*-?%\}", template or ""):
@@ -45,8 +57,14 @@ class LiteTokenizer:
     """A `tokenizers.Tokenizer` with transformers' tokenizer interface for prompts, answers and chat templates."""
 
     def __init__(self, backend, specials: dict[str, str | None], chat_template: str | None = None):
+        """`specials`: token name → text (`bos_token`, `eos_token`, `unk_token`, `pad_token` and any other
+        `*_token` of tokenizer_config.json, which chat templates may read); each must be in the vocabulary."""
         self.backend = backend
         self.chat_template = chat_template
+        self.template_tokens = {name: text for name, text in specials.items() if text is not None}
+        unknown = [text for text in self.template_tokens.values() if backend.token_to_id(text) is None]
+        if unknown:  # transformers would add them to the vocabulary as new tokens
+            raise LiteTokenizerUnsupported(f"special tokens not in tokenizer.json: {unknown}")
         for name in SPECIAL_NAMES:
             setattr(self, name, specials.get(name))
         if self.pad_token is None:
@@ -60,7 +78,8 @@ class LiteTokenizer:
 
         directory = Path(directory)
         config, template = _read_config(directory)
-        specials = {name: _token_text(config.get(name)) for name in SPECIAL_NAMES}
+        specials = {name: _token_text(value) for name, value in config.items()
+                    if name.endswith("_token") and isinstance(_token_text(value), str)}
         return cls(Tokenizer.from_file(str(directory / "tokenizer.json")), specials, template)
 
     # ------------------------------------------------------------------ special tokens
@@ -120,7 +139,8 @@ class LiteTokenizer:
             raise ValueError("this tokenizer has no chat template")
         rendered = _compile(self.chat_template).render(
             messages=[dict(message) for message in conversation], tools=None, documents=None,
-            add_generation_prompt=add_generation_prompt, **{**self.special_tokens_map, **kwargs})
+            add_generation_prompt=add_generation_prompt, **{**self.template_tokens, **self.special_tokens_map,
+                                                             **kwargs})
         return self.encode(rendered, add_special_tokens=False) if tokenize else rendered
 
 

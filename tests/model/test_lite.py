@@ -107,13 +107,18 @@ def test_chat_template_errors_and_globals_work_as_in_transformers(tmp_path, tiny
         lite.apply_chat_template(CHAT, tokenize=False)
     config = json.loads((tiny_model_dir / "lm" / "tokenizer_config.json").read_text())
     for change, reason in (({"tokenizer_class": "LlamaTokenizer"}, "tokenizer class"),
-                           ({"add_bos_token": True}, "added bos"),
+                           ({"add_bos_token": True}, "add_bos_token"),
+                           ({"split_special_tokens": True}, "split_special_tokens"),
+                           ({"add_prefix_space": False}, "add_prefix_space"),
                            ({"chat_template": "{% generation %}x{% endgeneration %}"}, "generation")):
         folder = tmp_path / reason.replace(" ", "-")
         folder.mkdir()
         (folder / "tokenizer.json").write_text((tiny_model_dir / "lm" / "tokenizer.json").read_text())
         (folder / "tokenizer_config.json").write_text(json.dumps({**config, **change}))
         assert reason in lite_tokenizer_reason(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<pad>"}))
+    assert "special_tokens_map" in lite_tokenizer_reason(folder)
 
 
 def test_lite_model_answers_as_the_transformers_model(tiny_model_dir):
@@ -190,3 +195,71 @@ def test_lite_model_saves_its_encoders_and_refuses_to_save_its_lm(tmp_path, tiny
     question = [[Message("user", "Which protein?", proteins=["MKTAYIAKQRQISFVKSHFSRQ"])]]
     assert generate_batch(load_model(str(tmp_path / "copy")), question, settings) == \
         generate_batch(lite, question, settings)
+
+
+def _editable_copy(source, target):
+    """A copy of a model folder without its SHA256SUMS, so that a test may change its files."""
+    import shutil
+
+    shutil.copytree(source, target)
+    (target / "SHA256SUMS").unlink()
+    return target
+
+
+def _edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    for key in [k for k, v in changes.items() if v is None]:
+        del data[key]
+    path.write_text(json.dumps(data))
+
+
+def test_lite_falls_back_to_transformers_where_it_would_differ(tmp_path, tiny_model_dir):
+    from transformers import PreTrainedTokenizerBase
+
+    folder = _editable_copy(tiny_model_dir, tmp_path / "added-token")
+    _edit_json(folder / "lm" / "tokenizer_config.json", eos_token="<|not in the vocabulary|>")
+    model = load_model(str(folder), lite=True)  # transformers adds that token; the lite tokenizer cannot
+    assert type(model.llm).__name__ == "LlamaForCausalLM" and isinstance(model.tokenizer, PreTrainedTokenizerBase)
+    folder = _editable_copy(tiny_model_dir, tmp_path / "quantized")
+    _edit_json(folder / "lm" / "config.json", quantization_config={"quant_method": "bitsandbytes"})
+    assert "quantized" in lite_lm_reason(folder / "lm")
+
+
+def test_lite_reads_older_llama_folders_as_transformers_does(tmp_path, tiny_model_dir):
+    """No generation_config.json (EOS then comes from config.json, also for the HF fallback) and no
+    rms_norm_eps (LlamaConfig's default)."""
+    folder = _editable_copy(tiny_model_dir, tmp_path / "old")
+    (folder / "lm" / "generation_config.json").unlink()
+    _edit_json(folder / "lm" / "config.json", rms_norm_eps=None)
+    hf, lite = load_model(str(folder)), load_model(str(folder), lite=True)
+    assert isinstance(lite.llm, LiteLlama)
+    assert lite.llm.generation_config.eos_token_id == hf.llm.generation_config.eos_token_id is not None
+    conversations = [[Message("user", "Hello there", smiles=["CCO"])]]
+    for settings in (GenerationSettings(max_new_tokens=40), GenerationSettings(max_new_tokens=40, engine="hf")):
+        assert generate_batch(lite, conversations, settings) == generate_batch(hf, conversations, settings)
+
+
+def test_lite_lm_follows_its_tensors_and_refuses_training(tiny_model_dir):
+    lite = load_model(str(tiny_model_dir), lite=True)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = lite.llm(ids).logits
+    lite.llm.to(torch.bfloat16)  # new tensors: the transformers copy is built again over them
+    assert lite.llm.hf().model.embed_tokens.weight.dtype == torch.bfloat16
+    assert lite.llm.hf().lm_head.weight.data_ptr() == lite.llm.lm_head.weight.data_ptr()
+    torch.testing.assert_close(lite.llm(ids).logits.float(), before, atol=0.1, rtol=0.1)
+    with pytest.raises(RuntimeError, match="inference"):
+        lite.train()
+
+
+def test_lite_esm_reads_transformers_4_rotary_keys():
+    from transformers import EsmConfig, EsmModel
+
+    reference = EsmModel(EsmConfig(**ESM_ARCH), add_pooling_layer=False).eval()
+    state = reference.state_dict()
+    inv_freq = state.pop("rotary_embeddings.inv_freq")
+    for layer in range(ESM_ARCH["num_hidden_layers"]):  # the transformers 4 layout: one copy per layer
+        state[f"encoder.layer.{layer}.attention.self.rotary_embeddings.inv_freq"] = inv_freq.clone()
+    lite = LiteEsm(ESM_ARCH)
+    lite.load_state_dict(state, strict=True)
+    torch.testing.assert_close(lite.rotary_embeddings.inv_freq, inv_freq)
