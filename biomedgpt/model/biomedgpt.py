@@ -84,9 +84,9 @@ def _lora_config(adapter_dir: Path) -> dict:
     return json.loads(config_file.read_text())
 
 
-def _plain_lora(adapter_dir: Path) -> bool:
-    """True when the adapter is a plain low-rank update that `merge_lora` applies without peft."""
-    config = _lora_config(adapter_dir)
+def _plain_lora(config: dict) -> bool:
+    """True when the adapter (its adapter_config.json) is a plain low-rank update `merge_lora` applies without
+    peft."""
     return all(config.get(key, value) == value for key, value in _PLAIN_LORA.items())
 
 
@@ -94,7 +94,7 @@ def merge_lora(llm: nn.Module, adapter_dir: Path) -> nn.Module:
     """The LM with a peft LoRA adapter merged into its weights (same function as the unmerged adapter, no
     per-token overhead)."""
     config = _lora_config(adapter_dir)
-    if not _plain_lora(adapter_dir):
+    if not _plain_lora(config):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(llm, str(adapter_dir)).merge_and_unload()
@@ -118,7 +118,7 @@ def _build_lite_lm(config: BioMedGPTConfig, base_dir: str | Path | None):
     """(LiteLlama, LiteTokenizer) for `config.lm`, or None (logged) when it needs transformers."""
     from biomedgpt.model.lite import LiteLlama, lite_lm_reason
     from biomedgpt.model.lite_tokenizer import LiteTokenizer, lite_tokenizer_reason
-    from biomedgpt.model.lm import BYTE_SPECIALS, BYTE_TOKENIZER, byte_backend, resolve_lm_path
+    from biomedgpt.model.lm import BYTE_SPECIAL_TOKENS, BYTE_TOKENIZER, byte_backend, resolve_lm_path
 
     lm_cfg = config.lm
     if lm_cfg.arch is not None:
@@ -130,13 +130,13 @@ def _build_lite_lm(config: BioMedGPTConfig, base_dir: str | Path | None):
             else path
         if reason is None and lm_cfg.tokenizer != BYTE_TOKENIZER:
             reason = lite_tokenizer_reason(tokenizer_dir)
-        if reason is None and lm_cfg.lora is not None and not _plain_lora(Path(base_dir or ".") / lm_cfg.lora):
+        adapter = Path(base_dir or ".") / lm_cfg.lora if lm_cfg.lora is not None else None
+        if reason is None and adapter is not None and not _plain_lora(_lora_config(adapter)):
             reason = "a LoRA adapter that needs peft"
     if reason is None:
         try:
             if lm_cfg.tokenizer == BYTE_TOKENIZER:
-                pad, bos, eos = BYTE_SPECIALS
-                tokenizer = LiteTokenizer(byte_backend(), {"pad_token": pad, "bos_token": bos, "eos_token": eos})
+                tokenizer = LiteTokenizer(byte_backend(), BYTE_SPECIAL_TOKENS)
             else:
                 tokenizer = LiteTokenizer.from_folder(tokenizer_dir)
             llm = LiteLlama.from_folder(path, _torch_dtype(lm_cfg.dtype))
@@ -146,8 +146,8 @@ def _build_lite_lm(config: BioMedGPTConfig, base_dir: str | Path | None):
     if reason is not None:
         logger.info("loading the LM with transformers (the lite path cannot: %s)", reason)
         return None
-    if lm_cfg.lora is not None:
-        llm = merge_lora(llm, Path(base_dir or ".") / lm_cfg.lora)
+    if adapter is not None:
+        llm = merge_lora(llm, adapter)
     return llm, tokenizer
 
 

