@@ -206,18 +206,21 @@ class PackedLM:
         return emb.cos().to(self.dtype)[:, None], sin.to(self.dtype)[:, None]
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache, start: int,
-                mask: torch.Tensor | None, all_positions: bool = False) -> torch.Tensor:
+                mask: torch.Tensor | None, all_positions: bool = False, prefix: SharedPrefix | None = None,
+                ) -> torch.Tensor:
         """Run all layers on `x: [B, T, hidden]` whose positions are `start..start+T-1` in the cache; returns the
         logits of the last position, `[B, vocab]` in float32 (`all_positions`: of every position, `[B, T, vocab]`).
 
         `mask`: bool `[B, 1, T, start+T]` (True = attend) or None for plain causal attention without padding.
+        `prefix` (decode steps only, T = 1): keys and values that every group of `B / prefix batch` consecutive
+        rows shares and attends to before its own `cache` (beam search: a prompt's beams share its prefill).
         """
         batch, steps, _ = x.shape
         cos, sin = rope
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
         end = start + steps
         hidden = x.shape[-1:]
-        for layer, (k_cache, v_cache) in zip(self.layers, cache):
+        for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, cache)):
             h = F.rms_norm(x, hidden, layer.input_norm, self.eps).to(self.dtype)
             qkv = layer.qkv(h).view(batch, steps, heads + 2 * kv_heads, dim).transpose(1, 2)  # [B, H+2KV, T, D]
             qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
@@ -226,7 +229,10 @@ class PackedLM:
             q, k = qk[:, :heads], qk[:, heads:]
             k_cache[:, :, start:end] = k
             v_cache[:, :, start:end] = v
-            attn = _attention(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)  # [B, H, T, D]
+            if prefix is None:
+                attn = _attention(q, k_cache[:, :, :end], v_cache[:, :, :end], mask)  # [B, H, T, D]
+            else:
+                attn = prefix.attention(i, q, k_cache[:, :, :end], v_cache[:, :, :end])
             x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, steps, heads * dim))
             h = F.rms_norm(x, hidden, layer.post_norm, self.eps).to(self.dtype)
             gate, up = layer.gate_up(h)
@@ -328,6 +334,53 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
     return torch.stack(produced, dim=1)
 
 
+class SharedPrefix:
+    """Keys and values of prompts that several decode rows continue (a prompt's beams), stored once per prompt.
+
+    With 4 beams and ChEBI-20's evidence prompts (~400 tokens) the prompt is most of every row's keys: reading it
+    once per prompt instead of once per beam cut the attention's memory traffic (at 8 x 4 rows it read more bytes
+    per step than the weights). `layers[i]` is `(k, v)`, each `[P, KV, S, D]` for P prompts; `mask` is bool
+    `[P, 1, 1, S]` (True = a real token) or None.
+    """
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor | None) -> None:
+        self.layers = layers
+        dtype = layers[0][0].dtype
+        # PyTorch's CPU flash kernel takes an additive mask in the query's dtype.
+        self.bias = None if mask is None else torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
+
+    def attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Decode-step attention of `q: [N, H, 1, D]` over layer i's prefix (rows r*R..r*R+R-1 share prompt r)
+        followed by each row's own keys `k, v: [N, KV, T, D]`.
+
+        Each part runs PyTorch's fused CPU attention, which also returns its softmax normaliser (log-sum-exp);
+        the two partial results are then combined exactly (as flash attention combines blocks), in float32.
+        """
+        pk, pv = self.layers[i]
+        prompts, kv_heads, _, dim = pk.shape
+        rows, heads = q.shape[0], q.shape[1]
+        per_prompt, group = rows // prompts, heads // kv_heads
+        # A prompt's R rows x G query heads of one KV head become R*G "positions" of that head (as pack_gqa).
+        shared_q = q.reshape(prompts, per_prompt, kv_heads, group, dim).transpose(1, 2)
+        shared_q = shared_q.reshape(prompts, kv_heads, per_prompt * group, dim)
+        shared, shared_lse = _attention_lse(shared_q, pk, pv, self.bias)  # [P, KV, R*G, D], [P, KV, R*G]
+        shared = shared.view(prompts, kv_heads, per_prompt, group, dim).transpose(1, 2)
+        shared = shared.reshape(rows, kv_heads, group, dim)
+        shared_lse = shared_lse.view(prompts, kv_heads, per_prompt, group).transpose(1, 2)
+        shared_lse = shared_lse.reshape(rows, kv_heads, group)
+        own, own_lse = _attention_lse(q.reshape(rows, kv_heads, group, dim), k, v, None)  # [N, KV, G, D]
+        lse = torch.logaddexp(shared_lse, own_lse)
+        out = shared.float() * (shared_lse - lse).exp()[..., None] + own.float() * (own_lse - lse).exp()[..., None]
+        return out.to(q.dtype).reshape(rows, heads, 1, dim)
+
+
+def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(D) + bias) v and the float32 log-sum-exp of each query's scores (CPU flash kernel)."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias)
+    return out, lse
+
+
 class _Prefilled:
     """A (left-padded) prompt run through the LM once: its KV cache, masks and positions, ready to decode
     `max_new` tokens one step at a time (`step`)."""
@@ -356,28 +409,36 @@ class _Prefilled:
         self.logits = model.forward(inputs_embeds.to(model.residual_dtype),
                                     _rope_at(self.cos_all, self.sin_all, positions), self.cache, 0, prefill_mask)
         self.next_position = positions[:, -1:] + 1  # [B, 1]
+        self.prefix: SharedPrefix | None = None  # set by `expand`
 
     def step(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """Feed the tokens chosen at decode step `step` (0-based), `[B]`; return the next logits `[B, vocab]`."""
         model = self.model
         x = model.embed[tokens][:, None].to(model.residual_dtype)  # [B, 1, hidden]
-        mask = self.key_valid[..., : self.prompt_len + step + 1] if self.padded else None
-        logits = model.forward(x, _rope_at(self.cos_all, self.sin_all, self.next_position), self.cache,
-                               self.prompt_len + step, mask)
+        rope = _rope_at(self.cos_all, self.sin_all, self.next_position)
+        if self.prefix is not None:  # the cache holds the generated positions only; every one of them is real
+            logits = model.forward(x, rope, self.cache, step, None, prefix=self.prefix)
+        else:
+            mask = self.key_valid[..., : self.prompt_len + step + 1] if self.padded else None
+            logits = model.forward(x, rope, self.cache, self.prompt_len + step, mask)
         self.next_position = self.next_position + 1
         return logits
 
     def expand(self, times: int) -> None:
-        """Repeat every row `times` times (row r becomes rows r*times .. r*times+times-1): one prefill per prompt
-        serves all of its beams."""
-        self.cache = [(k.repeat_interleave(times, 0), v.repeat_interleave(times, 0)) for k, v in self.cache]
-        self.key_valid = self.key_valid.repeat_interleave(times, 0)
+        """Continue every row as `times` rows (row r becomes rows r*times .. r*times+times-1; beam search): they
+        share the prompt's keys and values (`SharedPrefix`, stored once) and get caches of their own for the
+        generated tokens."""
+        prompt = [(k[:, :, : self.prompt_len], v[:, :, : self.prompt_len]) for k, v in self.cache]
+        self.prefix = SharedPrefix(prompt, self.key_valid[..., : self.prompt_len] if self.padded else None)
+        self.max_new = self.cache[0][0].shape[2] - self.prompt_len
         self.next_position = self.next_position.repeat_interleave(times, 0)
         self.logits = self.logits.repeat_interleave(times, 0)
         self.batch *= times
+        self.cache = self.model.new_cache(self.batch, self.max_new)
 
     def reorder(self, rows: torch.Tensor, filled: int) -> None:
-        """Make row i continue from row `rows[i]` (beam search): copy the first `filled` cache positions."""
+        """Make row i continue from row `rows[i]` (beam search): copy its first `filled` generated positions (the
+        prompt is shared: `rows[i]` is always a beam of row i's own prompt)."""
         for k, v in self.cache:
             k[:, :, :filled] = k[rows, :, :filled]
             v[:, :, :filled] = v[rows, :, :filled]
@@ -440,7 +501,8 @@ def _beam_search(state: _Prefilled, options: SamplingOptions) -> torch.Tensor:
         all_done = options.early_stopping is True and bool(is_finished.all())
         if not bool(improvable.any()) or all_done or bool(hits.all()) or step + 1 >= max_new:
             break
-        state.reorder(rows, state.prompt_len + step)
+        if step:
+            state.reorder(rows, step)
         logits = state.step(running[:, :, step].flatten(), step)
     length = int(finished_lengths[:, 0].max())
     return finished[:, 0, :length]

@@ -154,6 +154,33 @@ def test_beam_search_equals_hf(sharp_model, rows, kwargs):
             assert (ours == eos).any(), "no hypothesis finished on the EOS: that path went untested"
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_shared_prefix_attention_equals_attention_over_copied_prompts(dtype, tolerance):
+    """Beam search keeps a prompt's keys once for all its beams: attending to them plus each row's own keys must
+    equal plain attention over the prompt copied into every row, left padding (masked prompt keys) included."""
+    generator = torch.Generator().manual_seed(0)
+    prompts, beams, kv_heads, group, length, own, dim = 3, 4, 2, 3, 11, 5, 16
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    pk, pv = randn(prompts, kv_heads, length, dim), randn(prompts, kv_heads, length, dim)
+    k, v = randn(prompts * beams, kv_heads, own, dim), randn(prompts * beams, kv_heads, own, dim)
+    q = randn(prompts * beams, kv_heads * group, 1, dim)
+    mask = torch.ones(prompts, 1, 1, length, dtype=torch.bool)
+    mask[1, ..., :4] = False  # a left-padded prompt
+    shared = fast_decode.SharedPrefix([(pk, pv)], mask).attention(0, q, k, v)
+    full_k = torch.cat([pk.repeat_interleave(beams, 0), k], 2)
+    full_v = torch.cat([pv.repeat_interleave(beams, 0), v], 2)
+    own_mask = torch.ones(prompts * beams, 1, 1, own, dtype=torch.bool)
+    full_mask = torch.cat([mask.repeat_interleave(beams, 0), own_mask], -1)
+    plain = fast_decode._attention(q, full_k, full_v, full_mask)
+    assert shared.shape == plain.shape == (prompts * beams, kv_heads * group, 1, dim)
+    assert (shared.float() - plain.float()).abs().max() < tolerance
+    unmasked = fast_decode.SharedPrefix([(pk, pv)], None).attention(0, q, k, v)
+    assert (unmasked.float() - plain.float()).abs().max() > 10 * tolerance, "the padding mask had no effect"
+
+
 def test_beam_settings_validate_and_stream_in_one_piece(sharp_model):
     beams = GenerationSettings(max_new_tokens=12, num_beams=3)
     assert beams.generate_kwargs(sharp_model.tokenizer)["num_beams"] == 3
