@@ -147,8 +147,9 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
 def run_predictions(
     records: Sequence, predictor: Callable[[Sequence], list[dict]], out: Path, batch_size: int,
     description: str = "eval",
-) -> dict[str, dict]:
-    """Predict every record not yet in `out/predictions.jsonl`, `batch_size` at a time; return all by id."""
+) -> tuple[dict[str, dict], int]:
+    """Predict every record not yet in `out/predictions.jsonl`, `batch_size` at a time; return all by id and how
+    many were predicted now."""
     from tqdm import tqdm
 
     from biomedgpt.modalities import count_cut_entities
@@ -171,7 +172,7 @@ def run_predictions(
             handle.flush()
             os.fsync(handle.fileno())
             bar.update(len(chunk))
-    return done
+    return done, len(pending)
 
 
 def primary_metric(task: str, records: Sequence) -> str:
@@ -207,13 +208,19 @@ def evaluate(spec: RunSpec, records: Sequence, predictor, out: Path, overwrite: 
 
     prepare_run_dir(out, spec, overwrite)
     start = time.perf_counter()
-    predictions = run_predictions(records, predictor, out, spec.batch_size, description=spec.benchmark)
-    elapsed = time.perf_counter() - start
+    predictions, predicted = run_predictions(records, predictor, out, spec.batch_size, description=spec.benchmark)
+    elapsed = round(time.perf_counter() - start, 2)
+    if not predicted and (out / METRICS).exists():
+        # Re-running a finished evaluation predicts nothing: keep the time of the session that did the work.
+        try:
+            elapsed = json.loads((out / METRICS).read_text(encoding="utf-8")).get("seconds_this_session", elapsed)
+        except (OSError, ValueError):
+            pass
     result = {
         "benchmark": spec.benchmark, "task": spec.task, "system": spec.system, "model": spec.model,
         "protocol": spec.protocol,
         "primary_metric": primary_metric(spec.task, records), "metrics": score(spec.task, records, predictions),
-        "details": details or {}, "seconds_this_session": round(elapsed, 2),
+        "details": details or {}, "seconds_this_session": elapsed,
     }
     atomic_write_text(out / METRICS, json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / METRICS_MD, run_markdown(result))

@@ -73,6 +73,13 @@ def test_killed_run_resumes_where_it_stopped(qa_files):
     assert calls == [[f"e{i}" for i in range(3, 8)]]  # only the missing ones, one batch of 8
     assert (out / "predictions.jsonl").read_text() == "".join(lines)
     assert resumed["metrics"] == full["metrics"]
+    # re-running the finished run predicts nothing and keeps the recorded time of the run that did the work
+    metrics = out / "metrics.json"
+    metrics.write_text(metrics.read_text().replace(f'"seconds_this_session": {resumed["seconds_this_session"]}',
+                                                   '"seconds_this_session": 123.45'))
+    calls.clear()
+    again = runner.evaluate(spec, records, predictor, out)
+    assert calls == [] and again["seconds_this_session"] == 123.45
 
 
 def test_a_different_run_in_the_same_folder_is_refused(qa_files, capsys):
