@@ -53,6 +53,28 @@ open(sys.argv[1], "w").writelines(rows)
 PY
 fi
 
+# The third pass (PASS3=1; a candidate, see docs/default-model.md): PubMedQA's labelled training half (the 500
+# PQA-L questions outside the official test split, twice) beside ChEBI-20-validation descriptions and protein
+# questions that pass 2 did not see.
+if [ "${PASS3:-0}" = 1 ] && [ ! -f "$RUNS/finetune_mix3.jsonl" ]; then
+  "$BIN/python" - "$RUNS/finetune_mix3.jsonl" "$RUNS/finetune_mix2.jsonl" <<'PY'
+import json, random, sys
+rng = random.Random(3)
+seen = set(open(sys.argv[2]).readlines())  # what pass 2 trained on: take the rest
+molecules = [l for l in open("data/build/molecule_qa_train.jsonl")
+             if '"source": "chebi20-validation"' in l and l not in seen]
+proteins = [l for l in open("data/build/protein_qa_train.jsonl") if l not in seen]
+location = [l for l in proteins if '"source": "deeploc_valid"' in l]
+function = [l for l in proteins if json.loads(l)["question"] == "What molecular functions does this protein have?"]
+other = [l for l in proteins if l not in set(location) | set(function)]
+pubmedqa = open("data/build/pubmedqa_train.jsonl").readlines()
+rows = (pubmedqa * 2 + rng.sample(molecules, 1300) + rng.sample(location, 450) + rng.sample(function, 150)
+        + rng.sample(other, 100))
+rng.shuffle(rows)
+open(sys.argv[1], "w").writelines(rows)
+PY
+fi
+
 stage encoder-molecule encoder-molecule configs/small/encoder-molecule.yaml schedule.epochs="$MOL_EPOCHS" schedule.eval_every=100
 stage encoder-protein encoder-protein configs/small/encoder-protein.yaml model="$RUNS/encoder-molecule/model" \
   schedule.max_steps="$PROT_STEPS" schedule.eval_every=50
@@ -64,7 +86,14 @@ stage finetune-rag finetune configs/small/finetune-rag.yaml model="$RUNS/align/m
 stage finetune-rag2 finetune configs/small/finetune-rag2.yaml model="$RUNS/finetune-rag/model" \
   schedule.max_steps="$FINETUNE2_STEPS" "data.train=[$RUNS/finetune_mix2.jsonl]"
 
+FINAL=finetune-rag2
+if [ "${PASS3:-0}" = 1 ]; then
+  stage finetune-rag3 finetune configs/small/finetune-rag3.yaml model="$RUNS/finetune-rag2/model" \
+    "data.train=[$RUNS/finetune_mix3.jsonl]"
+  FINAL=finetune-rag3
+fi
+
 echo "== export to $OUT"
 # the decoding its card numbers were measured with becomes its default (config.json `generation`)
-"$BIN/python" -m biomedgpt.model.export "$RUNS/finetune-rag2/model" "$OUT" \
+"$BIN/python" -m biomedgpt.model.export "$RUNS/$FINAL/model" "$OUT" \
   --generation num_beams=4 repetition_penalty=1.0 quantize=bf16  # evidence: models/evidence/

@@ -213,9 +213,11 @@ def evaluate(spec: RunSpec, records: Sequence, predictor, out: Path, overwrite: 
     if not predicted and (out / METRICS).exists():
         # Re-running a finished evaluation predicts nothing: keep the time of the session that did the work.
         try:
-            elapsed = json.loads((out / METRICS).read_text(encoding="utf-8")).get("seconds_this_session", elapsed)
+            recorded = json.loads((out / METRICS).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            pass
+            recorded = None
+        if isinstance(recorded, dict) and isinstance(recorded.get("seconds_this_session"), (int, float)):
+            elapsed = recorded["seconds_this_session"]
     result = {
         "benchmark": spec.benchmark, "task": spec.task, "system": spec.system, "model": spec.model,
         "protocol": spec.protocol,

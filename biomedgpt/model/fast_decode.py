@@ -348,6 +348,9 @@ class SharedPrefix:
         dtype = layers[0][0].dtype
         # PyTorch's CPU flash kernel takes an additive mask in the query's dtype.
         self.bias = None if mask is None else torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
+        # A prompt without a real token: the kernel returns 0 with a log-sum-exp of 0 (not -inf) for it, which
+        # would take weight from the row's own keys; give it -inf so that only they count.
+        self.empty = None if mask is None or bool(mask.any(-1).all()) else ~mask.any(-1).view(-1, 1, 1)
 
     def attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Decode-step attention of `q: [N, H, 1, D]` over layer i's prefix (rows r*R..r*R+R-1 share prompt r)
@@ -364,6 +367,8 @@ class SharedPrefix:
         shared_q = q.reshape(prompts, per_prompt, kv_heads, group, dim).transpose(1, 2)
         shared_q = shared_q.reshape(prompts, kv_heads, per_prompt * group, dim)
         shared, shared_lse = _attention_lse(shared_q, pk, pv, self.bias)  # [P, KV, R*G, D], [P, KV, R*G]
+        if self.empty is not None:
+            shared_lse = shared_lse.masked_fill(self.empty, float("-inf"))
         shared = shared.view(prompts, kv_heads, per_prompt, group, dim).transpose(1, 2)
         shared = shared.reshape(rows, kv_heads, group, dim)
         shared_lse = shared_lse.view(prompts, kv_heads, per_prompt, group).transpose(1, 2)
@@ -428,7 +433,8 @@ class _Prefilled:
         """Continue every row as `times` rows (row r becomes rows r*times .. r*times+times-1; beam search): they
         share the prompt's keys and values (`SharedPrefix`, stored once) and get caches of their own for the
         generated tokens."""
-        prompt = [(k[:, :, : self.prompt_len], v[:, :, : self.prompt_len]) for k, v in self.cache]
+        prompt = [(k[:, :, : self.prompt_len].contiguous(), v[:, :, : self.prompt_len].contiguous())
+                  for k, v in self.cache]  # (copies, so that the prefill cache's unused tail is freed)
         self.prefix = SharedPrefix(prompt, self.key_valid[..., : self.prompt_len] if self.padded else None)
         self.max_new = self.cache[0][0].shape[2] - self.prompt_len
         self.next_position = self.next_position.repeat_interleave(times, 0)

@@ -154,6 +154,14 @@ def test_beam_search_equals_hf(sharp_model, rows, kwargs):
             assert (ours == eos).any(), "no hypothesis finished on the EOS: that path went untested"
 
 
+@pytest.mark.parametrize("max_new_tokens", [1, 2])
+def test_short_beam_searches_equal_hf(sharp_model, max_new_tokens):
+    """One new token never feeds a token back (no step, no reorder); two feed one (the first reorder)."""
+    batch = _batch(sharp_model, [1, 3])
+    ref, ours = _both(sharp_model, batch, max_new_tokens=max_new_tokens, num_beams=3)
+    assert torch.equal(ref, ours), (ref, ours)
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_shared_prefix_attention_equals_attention_over_copied_prompts(dtype, tolerance):
     """Beam search keeps a prompt's keys once for all its beams: attending to them plus each row's own keys must
@@ -179,6 +187,11 @@ def test_shared_prefix_attention_equals_attention_over_copied_prompts(dtype, tol
     assert (shared.float() - plain.float()).abs().max() < tolerance
     unmasked = fast_decode.SharedPrefix([(pk, pv)], None).attention(0, q, k, v)
     assert (unmasked.float() - plain.float()).abs().max() > 10 * tolerance, "the padding mask had no effect"
+    mask[2] = False  # a prompt without a real token: its rows attend to their own keys only
+    shared = fast_decode.SharedPrefix([(pk, pv)], mask).attention(0, q, k, v)
+    rows = slice(2 * beams, 3 * beams)
+    own_only = fast_decode._attention(q[rows], k[rows], v[rows], None)
+    assert (shared[rows].float() - own_only.float()).abs().max() < tolerance
 
 
 def test_beam_settings_validate_and_stream_in_one_piece(sharp_model):
