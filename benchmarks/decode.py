@@ -1,5 +1,6 @@
 """Decode speed of the small preset's LM (SmolLM2-135M-Instruct): our fast loop vs HF `generate`, against the
-memory-bandwidth bound; batched throughput; cold start of `biomedgpt ask`; quality of the quantized weights.
+memory-bandwidth bound; batched throughput; cold start of `biomedgpt ask`; quality of the quantized weights; the
+default model's beam search as `biomedgpt eval` runs it (`--parts beam`).
 
     BIOMEDGPT_CACHE=/tmp/bmcache .venv/bin/python benchmarks/decode.py            # everything (~5 min quiet)
     .venv/bin/python benchmarks/decode.py --parts speed --repeats 5               # one part
@@ -215,6 +216,34 @@ def bench_cold_start(args) -> dict:
     return results
 
 
+BEAM_DATA = Path(__file__).resolve().parents[1] / "data" / "build" / "molecule_qa_test.jsonl"
+
+
+def bench_beam(args) -> dict:
+    """The default model with its recommended decoding (4 beams, bf16) on ChEBI-20 test molecules at batch 8, as
+    `biomedgpt eval` runs it: wall seconds per molecule (best of repeats)."""
+    from biomedgpt.inference import REPO_MODEL_DIR, GenerationSettings, Message, generate_batch, load_model
+
+    if not BEAM_DATA.is_file():
+        return {"skipped": f"{BEAM_DATA} not found (scripts/build_training_data.sh builds it)"}
+    model = load_model(REPO_MODEL_DIR, lite=True)
+    with BEAM_DATA.open(encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle][args.beam_offset : args.beam_offset + args.beam_items]
+    conversations = [[Message("user", r["question"], r["molecules"], r["proteins"])] for r in records]
+    settings = GenerationSettings.for_model(model, max_new_tokens=160)
+    generate_batch(model, conversations[:2], settings, batch_size=2)  # warm-up (packing the weights)
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        answers = generate_batch(model, conversations, settings, batch_size=8)
+        times.append(time.perf_counter() - start)
+    tokens = sum(len(model.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    return {"items": len(records), "first_item": args.beam_offset, "batch_size": 8,
+            "settings": f"{settings.num_beams} beams, {settings.quantize or 'model dtype'}, max 160 new tokens",
+            "best_s": round(min(times), 2), "median_s": round(statistics.median(times), 2),
+            "best_s_per_item": round(min(times) / len(records), 3), "answer_tokens": tokens}
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown tables (what docs/performance.md quotes)."""
     lines = ["# Decode benchmark (small preset, SmolLM2-135M-Instruct)\n", f"Command: `{report['command']}`  ",
@@ -259,6 +288,13 @@ def markdown(report: dict) -> str:
         lines += [f"| {k} | {v['best_s']} | {v['median_s']} | {v['cpu_s']} |" for k, v in c.items()
                   if isinstance(v, dict)]
         lines.append(f"| biomedgpt --help | {c['help_s']} | | |")
+    if "beam" in report:
+        b = report["beam"]
+        lines += ["\n## Beam search as `eval` runs it (default model, ChEBI-20 test molecules)\n"]
+        lines.append(b["skipped"] if "skipped" in b else
+                     f"{b['items']} molecules from item {b['first_item']}, batch {b['batch_size']}, {b['settings']}: "
+                     f"best {b['best_s']} s, median {b['median_s']} s, **{b['best_s_per_item']} s per molecule** "
+                     f"({b['answer_tokens']} answer tokens).")
     return "\n".join(lines) + "\n"
 
 
@@ -271,7 +307,9 @@ def _quality(model) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="speed,batch,cold,quality",
-                        help="comma list of speed, batch, cold, quality, compile (compile: minutes)")
+                        help="comma list of speed, batch, cold, quality, beam, compile (compile: minutes)")
+    parser.add_argument("--beam-items", type=int, default=16, help="ChEBI-20 test molecules the beam part decodes")
+    parser.add_argument("--beam-offset", type=int, default=200, help="first of them (line of molecule_qa_test)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,8,32")
@@ -303,6 +341,7 @@ def main() -> int:
              ("batch", "batched", lambda: bench_batches(model, args)),
              ("quality", "quality", lambda: _quality(model)),
              ("compile", "compile", lambda: bench_compile(model)),
+             ("beam", "beam", lambda: bench_beam(args)),
              ("cold", "cold_start", lambda: bench_cold_start(args))]
     for part, key, run in steps:
         if part in parts:
