@@ -382,8 +382,7 @@ class SharedPrefix:
 def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T / sqrt(D) + bias) v and the float32 log-sum-exp of each query's scores (CPU flash kernel)."""
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias)
-    return out, lse
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias)
 
 
 class _Prefilled:
@@ -436,11 +435,11 @@ class _Prefilled:
         prompt = [(k[:, :, : self.prompt_len].contiguous(), v[:, :, : self.prompt_len].contiguous())
                   for k, v in self.cache]  # (copies, so that the prefill cache's unused tail is freed)
         self.prefix = SharedPrefix(prompt, self.key_valid[..., : self.prompt_len] if self.padded else None)
-        self.max_new = self.cache[0][0].shape[2] - self.prompt_len
+        max_new = self.cache[0][0].shape[2] - self.prompt_len
         self.next_position = self.next_position.repeat_interleave(times, 0)
         self.logits = self.logits.repeat_interleave(times, 0)
         self.batch *= times
-        self.cache = self.model.new_cache(self.batch, self.max_new)
+        self.cache = self.model.new_cache(self.batch, max_new)
 
     def reorder(self, rows: torch.Tensor, filled: int) -> None:
         """Make row i continue from row `rows[i]` (beam search): copy its first `filled` generated positions (the
