@@ -217,6 +217,7 @@ def bench_cold_start(args) -> dict:
 
 
 BEAM_DATA = Path(__file__).resolve().parents[1] / "data" / "build" / "molecule_qa_test.jsonl"
+BEAM_BATCH = 8  # what benchmarks/run_default_model.sh passes to `biomedgpt eval` for ChEBI-20
 
 
 def bench_beam(args) -> dict:
@@ -235,10 +236,10 @@ def bench_beam(args) -> dict:
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        answers = generate_batch(model, conversations, settings, batch_size=8)
+        answers = generate_batch(model, conversations, settings, batch_size=BEAM_BATCH)
         times.append(time.perf_counter() - start)
     tokens = sum(len(model.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-    return {"items": len(records), "first_item": args.beam_offset, "batch_size": 8,
+    return {"items": len(records), "first_item": args.beam_offset, "batch_size": BEAM_BATCH,
             "settings": f"{settings.num_beams} beams, {settings.quantize or 'model dtype'}, max 160 new tokens",
             "best_s": round(min(times), 2), "median_s": round(statistics.median(times), 2),
             "best_s_per_item": round(min(times) / len(records), 3), "answer_tokens": tokens}

@@ -39,40 +39,17 @@ fi
 # writes "It is a ..." where ChEBI-20 writes "The molecule is a ..."), location and GO questions.
 if [ ! -f "$RUNS/finetune_mix2.jsonl" ]; then
   mkdir -p "$RUNS"
-  "$BIN/python" - "$RUNS/finetune_mix2.jsonl" <<'PY'
-import json, random, sys
-rng = random.Random(0)
-molecules = [l for l in open("data/build/molecule_qa_train.jsonl") if '"source": "chebi20-validation"' in l]
-proteins = open("data/build/protein_qa_train.jsonl").readlines()
-location = [l for l in proteins if '"source": "deeploc_valid"' in l]
-function = [l for l in proteins if json.loads(l)["question"] == "What molecular functions does this protein have?"]
-other = [l for l in proteins if l not in set(location) | set(function)]
-rows = rng.sample(molecules, 1200) + rng.sample(location, 700) + rng.sample(function, 250) + rng.sample(other, 150)
-rng.shuffle(rows)
-open(sys.argv[1], "w").writelines(rows)
-PY
+  "$BIN/python" scripts/finetune_mixture.py "$RUNS/finetune_mix2.jsonl" --seed 0 \
+    --molecules 1200 --location 700 --function 250 --other 150
 fi
 
 # The third pass (PASS3=1; a candidate, see docs/default-model.md): PubMedQA's labelled training half (the 500
 # PQA-L questions outside the official test split, twice) beside ChEBI-20-validation descriptions and protein
 # questions that pass 2 did not see.
 if [ "${PASS3:-0}" = 1 ] && [ ! -f "$RUNS/finetune_mix3.jsonl" ]; then
-  "$BIN/python" - "$RUNS/finetune_mix3.jsonl" "$RUNS/finetune_mix2.jsonl" <<'PY'
-import json, random, sys
-rng = random.Random(3)
-seen = set(open(sys.argv[2]).readlines())  # what pass 2 trained on: take the rest
-molecules = [l for l in open("data/build/molecule_qa_train.jsonl")
-             if '"source": "chebi20-validation"' in l and l not in seen]
-proteins = [l for l in open("data/build/protein_qa_train.jsonl") if l not in seen]
-location = [l for l in proteins if '"source": "deeploc_valid"' in l]
-function = [l for l in proteins if json.loads(l)["question"] == "What molecular functions does this protein have?"]
-other = [l for l in proteins if l not in set(location) | set(function)]
-pubmedqa = open("data/build/pubmedqa_train.jsonl").readlines()
-rows = (pubmedqa * 2 + rng.sample(molecules, 1300) + rng.sample(location, 450) + rng.sample(function, 150)
-        + rng.sample(other, 100))
-rng.shuffle(rows)
-open(sys.argv[1], "w").writelines(rows)
-PY
+  "$BIN/python" scripts/finetune_mixture.py "$RUNS/finetune_mix3.jsonl" --seed 3 \
+    --molecules 1300 --location 450 --function 150 --other 100 --exclude "$RUNS/finetune_mix2.jsonl" \
+    --extra data/build/pubmedqa_train.jsonl --extra-copies 2
 fi
 
 stage encoder-molecule encoder-molecule configs/small/encoder-molecule.yaml schedule.epochs="$MOL_EPOCHS" schedule.eval_every=100
