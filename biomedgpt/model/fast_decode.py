@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,27 @@ class _Layer:
         self.down_proj = PackedLinear(mlp.down_proj.weight, mode)
         self.input_norm = layer.input_layernorm.weight.detach()
         self.post_norm = layer.post_attention_layernorm.weight.detach()
+        self.qkv_rows = (attn.q_proj.weight.shape[0], attn.k_proj.weight.shape[0], attn.v_proj.weight.shape[0])
+
+    @property
+    def linears(self) -> list[PackedLinear]:
+        return [*self.projections, *self.mlp_in, self.o_proj, self.down_proj]
+
+    def split_linears(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(weight, int8 scales or None) of q, k, v, o, gate, up, down, as views into the fused matrices (for the
+        native step, which reads them in place)."""
+
+        def parts(linears: list[PackedLinear], sizes: tuple[int, ...]) -> list[tuple[torch.Tensor, Any]]:
+            if len(linears) == len(sizes):
+                return [(p.weight, getattr(p, "scales", None)) for p in linears]
+            (fused,) = linears
+            scales = fused.scales.split(sizes) if hasattr(fused, "scales") else [None] * len(sizes)
+            return list(zip(fused.weight.split(sizes), scales))
+
+        inter = self.down_proj.in_features
+        return [*parts(self.projections, self.qkv_rows), (self.o_proj.weight, getattr(self.o_proj, "scales", None)),
+                *parts(self.mlp_in, (inter, inter)),
+                (self.down_proj.weight, getattr(self.down_proj, "scales", None))]
 
     def qkv(self, h: torch.Tensor) -> torch.Tensor:
         return self.projections[0](h) if len(self.projections) == 1 else torch.cat([p(h) for p in self.projections], -1)
@@ -152,7 +174,7 @@ class _Layer:
 
     @property
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in (*self.projections, *self.mlp_in, self.o_proj, self.down_proj))
+        return sum(p.nbytes for p in self.linears)
 
 
 class PackedLM:
@@ -195,15 +217,18 @@ class PackedLM:
         shape = (batch, self.num_kv_heads, max_len, self.head_dim)
         return [(torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)) for _ in self.layers]
 
-    def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for `positions: [B, T]` → `[B, 1, T, head_dim]` each; sin carries rotate_half's sign so that
-        rope(x) = x * cos + swap_halves(x) * sin (one flip instead of slice/negate/concatenate)."""
+    def rope_tables(self, positions: torch.Tensor,
+                    dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for `positions: [B, T]` → `[B, 1, T, head_dim]` each, in `dtype` (default: the compute dtype);
+        sin carries rotate_half's sign so that rope(x) = x * cos + swap_halves(x) * sin (one flip instead of
+        slice/negate/concatenate)."""
+        dtype = self.dtype if dtype is None else dtype
         freqs = positions[..., None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         half = self.head_dim // 2
         sin = emb.sin()
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-        return emb.cos().to(self.dtype)[:, None], sin.to(self.dtype)[:, None]
+        return emb.cos().to(dtype)[:, None], sin.to(dtype)[:, None]
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache, start: int,
                 mask: torch.Tensor | None, all_positions: bool = False, prefix: SharedPrefix | None = None,
@@ -315,6 +340,7 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
     state = _Prefilled(model, inputs_embeds, attention_mask, options.max_new_tokens)
     if options.num_beams > 1:
         return _beam_search(state, options)
+    state.use_native()
     streamer = generate_kwargs.get("streamer")
     logits = state.logits
     decoder = _TokenChooser(options, state.batch, logits.shape[-1])
@@ -414,10 +440,32 @@ class _Prefilled:
                                     _rope_at(self.cos_all, self.sin_all, positions), self.cache, 0, prefill_mask)
         self.next_position = positions[:, -1:] + 1  # [B, 1]
         self.prefix: SharedPrefix | None = None  # set by `expand`
+        self.native = None  # set by `use_native`
+
+    def use_native(self) -> bool:
+        """Run the decode steps of this batch-1 prompt through the compiled step (`biomedgpt.model.native`) when
+        it is available and supports the weights; returns whether it will."""
+        from biomedgpt.model import native
+
+        lib = native.load() if self.batch == 1 and self.prefix is None else None
+        reason = "unavailable" if lib is None else native.unsupported_reason(self.model)
+        if reason is not None:
+            logger.debug("decode steps in PyTorch: native step %s", reason)
+            return False
+        self.native = native.NativeStep(lib, self.model, self.cache)
+        cos, sin = self.model.rope_tables(torch.arange(self.cos_all.shape[2])[None], dtype=torch.float32)
+        self.native_rope = cos[0, 0], sin[0, 0]
+        self.native_valid = self.key_valid[0, 0, 0].to(torch.uint8).contiguous() if self.padded else None
+        return True
 
     def step(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """Feed the tokens chosen at decode step `step` (0-based), `[B]`; return the next logits `[B, vocab]`."""
         model = self.model
+        if self.native is not None:
+            position = int(self.next_position[0, 0])
+            self.next_position = self.next_position + 1
+            cos, sin = self.native_rope
+            return self.native(int(tokens[0]), self.prompt_len + step, cos[position], sin[position], self.native_valid)
         x = model.embed[tokens][:, None].to(model.residual_dtype)  # [B, 1, hidden]
         rope = _rope_at(self.cos_all, self.sin_all, self.next_position)
         if self.prefix is not None:  # the cache holds the generated positions only; every one of them is real

@@ -1,0 +1,272 @@
+/* One batch-1 decode step of a Llama-family LM in a single call: all layers, the LM head, two threads.
+ *
+ * Why this exists: at batch 1 a decode step reads every weight once, so its floor is (weight bytes) / (memory
+ * bandwidth). Run through PyTorch, a step is ~20 operator calls per layer (~600 for SmolLM2-135M), each with a
+ * few microseconds of dispatch, and PyTorch's CPU matrix-vector kernels read int8/bf16 weights at about a third
+ * of the copy bandwidth (docs/performance.md). Here the step is one C function: one OpenMP parallel region for
+ * the whole step, matrix-vector products that stream each weight row once with four independent accumulators,
+ * the residual adds, SiLU and RoPE fused into them, and attention over the existing KV cache in place.
+ *
+ * Built and loaded by biomedgpt/model/native.py (compiled on first use with the system C compiler; when that is
+ * impossible the PyTorch path runs instead). Activations, norms and the residual stream are float32; weights are
+ * float32, bf16, or int8 with one bf16 scale per output row (biomedgpt.model.quantize's layouts, read in place);
+ * the KV cache is float32 or bf16 ([kv_heads, max_len, head_dim] per layer, batch 1).
+ *
+ * Layout of the arguments (all pointers passed as int64 by ctypes):
+ *   cfg[12] (int32): hidden, heads, kv_heads, head_dim, inter, n_layers, vocab, max_len, wtype, head_wtype,
+ *                    kv_bf16, threads            (wtype: 0 float32, 1 bf16, 2 int8)
+ *   layers[n_layers * 18] (int64): in_norm, post_norm, then (weight, scale) for q, k, v, o, gate, up, down, then
+ *                    k_cache, v_cache           (scale is NULL unless the weight is int8)
+ *   head[3] (int64): lm head weight, its scale, final norm
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } c;
+    c.u = (uint32_t)h << 16;
+    return c.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch's .to(torch.bfloat16) */
+    union { uint32_t u; float f; } c;
+    c.f = f;
+    if ((c.u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((c.u >> 16) | ((c.u & 0xffffu) ? 0x40u : 0u));
+    c.u += 0x7fffu + ((c.u >> 16) & 1u);
+    return (uint16_t)(c.u >> 16);
+}
+
+#ifdef __AVX512F__
+/* Four accumulators so that the loop is bound by loads, not by the latency of one chain of FMAs. */
+static float dot_f32(const float *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static inline __m512 load_bf16(const uint16_t *p) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(load_bf16(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(load_bf16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(load_bf16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(load_bf16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_bf16(w + i), _mm512_loadu_ps(x + i), a0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static inline __m512 load_i8(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+static float dot_i8(const int8_t *w, const float *x, int n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_fmadd_ps(load_i8(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(load_i8(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(load_i8(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(load_i8(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_i8(w + i), _mm512_loadu_ps(x + i), a0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) s += (float)w[i] * x[i];
+    return s;
+}
+#else
+/* Portable versions (the compiler vectorizes what it can); same results up to summation order. */
+static float dot_f32(const float *w, const float *x, int n) {
+    float a[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += w[i + j] * x[i + j];
+    float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int n) {
+    float a[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += bf16_to_f32(w[i + j]) * x[i + j];
+    float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static float dot_i8(const int8_t *w, const float *x, int n) {
+    float a[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += (float)w[i + j] * x[i + j];
+    float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < n; i++) s += (float)w[i] * x[i];
+    return s;
+}
+#endif
+
+/* Row `r` of the matrix W [rows, n] (type `t`, int8 rows scaled by scale[r]) times x. */
+static inline float row_dot(const void *w, const uint16_t *scale, int t, size_t r, const float *x, int n) {
+    if (t == W_F32) return dot_f32((const float *)w + r * n, x, n);
+    if (t == W_BF16) return dot_bf16((const uint16_t *)w + r * n, x, n);
+    return bf16_to_f32(scale[r]) * dot_i8((const int8_t *)w + r * n, x, n);
+}
+
+static void rms_norm(const float *x, const float *weight, float *out, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) out[i] = weight[i] * (x[i] * inv);
+}
+
+static inline float cache_get(const void *c, int bf16, size_t i) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)c)[i]) : ((const float *)c)[i];
+}
+
+static inline void cache_set(void *c, int bf16, size_t i, float v) {
+    if (bf16) ((uint16_t *)c)[i] = f32_to_bf16(v);
+    else ((float *)c)[i] = v;
+}
+
+/* Bytes of scratch `bm_decode_step` needs, in floats. */
+int64_t bm_scratch_floats(const int32_t *cfg) {
+    int hidden = cfg[0], heads = cfg[1], kv_heads = cfg[2], dim = cfg[3], inter = cfg[4], max_len = cfg[7];
+    return (int64_t)hidden + (int64_t)(heads + 2 * kv_heads) * dim + (int64_t)heads * dim + inter
+           + (int64_t)heads * max_len;
+}
+
+/* x: [hidden] the new token's embedding, replaced by the final residual stream. Writes the token's key and value
+ * at cache position `pos`, attends to cache positions 0..pos (those with key_valid[t] != 0 when key_valid is not
+ * NULL), rotates q and k with cos/sin ([head_dim] each, sin carrying rotate_half's sign in its first half), and
+ * writes logits [vocab]. Returns 0, or -1 if pos is outside the cache. */
+int bm_decode_step(const int32_t *cfg, float eps, const int64_t *layers, const int64_t *head, float *x, int pos,
+                   const uint8_t *key_valid, const float *cos_t, const float *sin_t, float *scratch,
+                   float *logits) {
+    const int hidden = cfg[0], heads = cfg[1], kv_heads = cfg[2], dim = cfg[3], inter = cfg[4];
+    const int n_layers = cfg[5], vocab = cfg[6], max_len = cfg[7], wt = cfg[8], head_wt = cfg[9];
+    const int kv_bf16 = cfg[10], threads = cfg[11] > 0 ? cfg[11] : 1;
+    if (pos < 0 || pos >= max_len) return -1;
+    const int half = dim / 2, group = heads / kv_heads, n_keys = pos + 1;
+    const float att_scale = 1.0f / sqrtf((float)dim);
+    float *h = scratch;                          /* [hidden] normed input */
+    float *qkv = h + hidden;                     /* [(heads + 2 kv_heads) * dim] */
+    float *att = qkv + (heads + 2 * kv_heads) * dim; /* [heads * dim] */
+    float *act = att + heads * dim;              /* [inter] */
+    float *probs = act + inter;                  /* [heads * max_len] */
+
+#pragma omp parallel num_threads(threads)
+    for (int l = 0; l < n_layers; l++) {
+        const int64_t *L = layers + (size_t)l * 18;
+        const float *in_norm = (const float *)L[0], *post_norm = (const float *)L[1];
+        void *k_cache = (void *)L[16], *v_cache = (void *)L[17];
+#pragma omp single
+        rms_norm(x, in_norm, h, hidden, eps);
+
+        /* q, k, v in pairs of rows (i, i + half) of one head, so that RoPE can be applied right away. */
+        const int qk_heads = heads + kv_heads, pairs = (heads + 2 * kv_heads) * half;
+#pragma omp for schedule(static)
+        for (int p = 0; p < pairs; p++) {
+            int hd = p / half, i = p % half, which, local;
+            if (hd < heads) { which = 0; local = hd; }
+            else if (hd < qk_heads) { which = 1; local = hd - heads; }
+            else { which = 2; local = hd - qk_heads; }
+            const void *w = (const void *)L[2 + 2 * which];
+            const uint16_t *s = (const uint16_t *)L[3 + 2 * which];
+            size_t r0 = (size_t)local * dim + i, r1 = r0 + half;
+            float a = row_dot(w, s, wt, r0, h, hidden), b = row_dot(w, s, wt, r1, h, hidden);
+            if (which < 2) { /* rotate: out_i = a cos_i + (-b) sin_i ... sin_t's first half already negated */
+                float ra = a * cos_t[i] + b * sin_t[i], rb = b * cos_t[i + half] + a * sin_t[i + half];
+                a = ra; b = rb;
+            }
+            float *out = qkv + (size_t)hd * dim;
+            out[i] = a;
+            out[i + half] = b;
+            if (which > 0) {
+                void *cache = which == 1 ? k_cache : v_cache;
+                size_t base = ((size_t)local * max_len + pos) * dim;
+                cache_set(cache, kv_bf16, base + i, a);
+                cache_set(cache, kv_bf16, base + i + half, b);
+            }
+        }
+
+#pragma omp for schedule(static)
+        for (int hd = 0; hd < heads; hd++) {
+            const float *q = qkv + (size_t)hd * dim;
+            int g = hd / group;
+            float *pr = probs + (size_t)hd * max_len, best = -INFINITY;
+            for (int t = 0; t < n_keys; t++) {
+                if (key_valid && !key_valid[t]) { pr[t] = -INFINITY; continue; }
+                size_t base = ((size_t)g * max_len + t) * dim;
+                float s = 0.f;
+                if (kv_bf16) s = dot_bf16((const uint16_t *)k_cache + base, q, dim);
+                else s = dot_f32((const float *)k_cache + base, q, dim);
+                pr[t] = s * att_scale;
+                if (pr[t] > best) best = pr[t];
+            }
+            float total = 0.f;
+            for (int t = 0; t < n_keys; t++) {
+                pr[t] = pr[t] == -INFINITY ? 0.f : expf(pr[t] - best);
+                total += pr[t];
+            }
+            float *o = att + (size_t)hd * dim;
+            for (int d = 0; d < dim; d++) o[d] = 0.f;
+            for (int t = 0; t < n_keys; t++) {
+                if (pr[t] == 0.f) continue;
+                float p = pr[t] / total;
+                size_t base = ((size_t)g * max_len + t) * dim;
+                for (int d = 0; d < dim; d++) o[d] += p * cache_get(v_cache, kv_bf16, base + d);
+            }
+        }
+
+#pragma omp for schedule(static)
+        for (int r = 0; r < hidden; r++)
+            x[r] += row_dot((const void *)L[8], (const uint16_t *)L[9], wt, r, att, heads * dim);
+
+#pragma omp single
+        rms_norm(x, post_norm, h, hidden, eps);
+
+#pragma omp for schedule(static)
+        for (int r = 0; r < inter; r++) {
+            float g = row_dot((const void *)L[10], (const uint16_t *)L[11], wt, r, h, hidden);
+            float u = row_dot((const void *)L[12], (const uint16_t *)L[13], wt, r, h, hidden);
+            act[r] = g / (1.0f + expf(-g)) * u;
+        }
+
+#pragma omp for schedule(static)
+        for (int r = 0; r < hidden; r++)
+            x[r] += row_dot((const void *)L[14], (const uint16_t *)L[15], wt, r, act, inter);
+    }
+
+    rms_norm(x, (const float *)head[2], scratch, hidden, eps);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int r = 0; r < vocab; r++)
+        logits[r] = row_dot((const void *)head[0], (const uint16_t *)head[1], head_wt, r, scratch, hidden);
+    return 0;
+}
