@@ -340,7 +340,8 @@ def generate(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
     state = _Prefilled(model, inputs_embeds, attention_mask, options.max_new_tokens)
     if options.num_beams > 1:
         return _beam_search(state, options)
-    state.use_native()
+    if options.max_new_tokens > 1:  # one token needs no decode step
+        state.use_native()
     streamer = generate_kwargs.get("streamer")
     logits = state.logits
     decoder = _TokenChooser(options, state.batch, logits.shape[-1])

@@ -31,15 +31,19 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_step.c")
 ENV_DISABLE = "BIOMEDGPT_NATIVE"  # "0" turns the native step off
 _WTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
-_LAYER_FIELDS = 18
 
 
 def enabled() -> bool:
     return os.environ.get(ENV_DISABLE, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+COMPILE_TIMEOUT_S = 120
+
+
 def _compile(target: Path) -> None:
-    """Compile SOURCE into `target` atomically (a temporary file renamed into place)."""
+    """Compile SOURCE into `target` atomically (a temporary file renamed into place: a half-written library is
+    never loaded)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
@@ -47,8 +51,8 @@ def _compile(target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp, "-lm"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
         os.replace(tmp, target)
@@ -69,17 +73,34 @@ def _cpu_signature() -> bytes:
     return platform.machine().encode() + flags
 
 
-@lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
+def _open(target: Path) -> ctypes.CDLL:
+    """Load the library at `target`, compiling it first if needed; a cached file that does not load (truncated,
+    built against another libc) is rebuilt once."""
+    if not target.exists():
+        _compile(target)
+        return ctypes.CDLL(str(target))
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as err:
+        logger.warning("rebuilding %s, which does not load: %s", target, err)
+        target.unlink(missing_ok=True)
+        _compile(target)
+        return ctypes.CDLL(str(target))
+
+
+def library_path() -> Path:
+    """Where the compiled library lives: the cache folder, named by the source, flags and CPU it was built for."""
     from biomedgpt.model.lm import cache_dir
 
-    digest = hashlib.sha256(SOURCE.read_bytes() + _cpu_signature()).hexdigest()[:16]
-    target = Path(cache_dir()) / "native" / f"native_step-{digest}.so"
+    key = SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_signature()
+    return Path(cache_dir()) / "native" / f"native_step-{hashlib.sha256(key).hexdigest()[:16]}.so"
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
     try:
-        if not target.exists():
-            _compile(target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, RuntimeError) as err:
+        lib = _open(library_path())
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         logger.warning("native decode step unavailable, using the PyTorch step: %s", err)
         return None
     lib.bm_scratch_floats.restype = ctypes.c_int64
@@ -108,6 +129,11 @@ def unsupported_reason(model) -> str | None:
     kinds = {p.weight.dtype for p in linears[1:]}
     if any(p.weight.dtype not in _WTYPES or not p.weight.is_contiguous() for p in linears) or len(kinds) != 1:
         return f"weights mode {model.mode!r}"
+    if any(getattr(p, "scales", None) is not None and p.scales.dtype != torch.bfloat16 for p in linears):
+        return "int8 scales not in bf16"
+    norms = [model.final_norm] + [n for layer in model.layers for n in (layer.input_norm, layer.post_norm)]
+    if any(n.dtype != torch.float32 or not n.is_contiguous() for n in norms):
+        return "norm weights not contiguous float32"
     return None
 
 
@@ -121,12 +147,19 @@ class NativeStep:
 
     def __init__(self, lib: ctypes.CDLL, model, cache: list[tuple[torch.Tensor, torch.Tensor]]):
         self.lib, self.model = lib, model
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the native step cannot run this model: {reason}")
         k0 = cache[0][0]
         max_len = k0.shape[2]
+        shape = (1, model.num_kv_heads, max_len, model.head_dim)
+        if len(cache) != len(model.layers) or any(
+                t.shape != shape or t.dtype != k0.dtype or not t.is_contiguous() for kv in cache for t in kv):
+            raise ValueError(f"the native step needs one contiguous {tuple(shape)} key and value cache per layer")
+        if k0.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"KV cache in {k0.dtype}: the native step reads float32 or bfloat16")
         layer_ptrs = []
         for layer, (k, v) in zip(model.layers, cache):
-            if not (k.is_contiguous() and v.is_contiguous()) or k.shape[0] != 1:
-                raise ValueError("the native step needs a contiguous batch-1 KV cache")
             q_, k_, v_, o_, gate, up, down = layer.split_linears()
             fields = [_ptr(layer.input_norm), _ptr(layer.post_norm)]
             for weight, scale in (q_, k_, v_, o_, gate, up, down):
@@ -151,6 +184,13 @@ class NativeStep:
                  key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Logits `[1, vocab]` (float32) after feeding `token` at cache position `pos`; `cos`, `sin`: float32
         `[head_dim]` RoPE tables of the token's position; `key_valid`: uint8 `[max_len]` (1 = attend) or None."""
+        dim = self.model.head_dim
+        for table in (cos, sin):
+            if table.dtype != torch.float32 or table.shape != (dim,) or not table.is_contiguous():
+                raise ValueError(f"RoPE tables must be contiguous float32 [{dim}]")
+        if key_valid is not None and (key_valid.dtype != torch.uint8 or key_valid.shape != (self.max_len,)
+                                      or not key_valid.is_contiguous()):
+            raise ValueError(f"key_valid must be contiguous uint8 [{self.max_len}]")
         self._x.copy_(self.model.embed[token])
         logits = torch.empty(1, self.model.lm_head.out_features, dtype=torch.float32)
         rc = self.lib.bm_decode_step(self._cfg.data_ptr(), self.model.eps, self._layers.data_ptr(),

@@ -1,4 +1,5 @@
-/* One batch-1 decode step of a Llama-family LM in a single call: all layers, the LM head, two threads.
+/* One batch-1 decode step of a Llama-family LM in a single call: all layers and the LM head, on `threads`
+ * OpenMP threads (torch's thread count).
  *
  * Why this exists: at batch 1 a decode step reads every weight once, so its floor is (weight bytes) / (memory
  * bandwidth). Run through PyTorch, a step is ~20 operator calls per layer (~600 for SmolLM2-135M), each with a
@@ -155,7 +156,7 @@ static inline void cache_set(void *c, int bf16, size_t i, float v) {
     else ((float *)c)[i] = v;
 }
 
-/* Bytes of scratch `bm_decode_step` needs, in floats. */
+/* The scratch `bm_decode_step` needs, in floats. */
 int64_t bm_scratch_floats(const int32_t *cfg) {
     int hidden = cfg[0], heads = cfg[1], kv_heads = cfg[2], dim = cfg[3], inter = cfg[4], max_len = cfg[7];
     return (int64_t)hidden + (int64_t)(heads + 2 * kv_heads) * dim + (int64_t)heads * dim + inter
@@ -165,7 +166,8 @@ int64_t bm_scratch_floats(const int32_t *cfg) {
 /* x: [hidden] the new token's embedding, replaced by the final residual stream. Writes the token's key and value
  * at cache position `pos`, attends to cache positions 0..pos (those with key_valid[t] != 0 when key_valid is not
  * NULL), rotates q and k with cos/sin ([head_dim] each, sin carrying rotate_half's sign in its first half), and
- * writes logits [vocab]. Returns 0, or -1 if pos is outside the cache. */
+ * writes logits [vocab]. Returns 0, or -1 if pos is outside the cache. The caller (native.py) checks shapes
+ * and dtypes; nothing here does. */
 int bm_decode_step(const int32_t *cfg, float eps, const int64_t *layers, const int64_t *head, float *x, int pos,
                    const uint8_t *key_valid, const float *cos_t, const float *sin_t, float *scratch,
                    float *logits) {

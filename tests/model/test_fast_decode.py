@@ -219,6 +219,19 @@ def test_packed_linear_error_is_within_its_precision(mode, tolerance):
     assert (out - exact).norm() / exact.norm() < tolerance
 
 
+@pytest.mark.parametrize("in_features", [72, 100])
+def test_shapes_the_int8_kernel_cannot_take_fall_back_to_bf16(in_features):
+    """PyTorch's int8 kernel returns garbage (72 inputs) or crashes the process (100) for inputs that are not a
+    multiple of 16: such layers stay in bf16, and int4 ones (which fall back to int8) too."""
+    weight = torch.randn(32, in_features, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, in_features)
+    for mode in ("int8", "int4"):
+        packed = PackedLinear(weight, mode)
+        assert packed.mode == "bf16"
+        out = packed(x.bfloat16()).float()
+        assert (out - F.linear(x, weight)).norm() / F.linear(x, weight).norm() < 0.02
+
+
 def test_int4_reproduces_weights_on_a_q4_1_grid_exactly():
     """GGUF Q4_1 stores w = min + step * q (q in 0..15) per 32 inputs; int4 with groups of 32 has that grid."""
     generator = torch.Generator().manual_seed(1)

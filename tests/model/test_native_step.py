@@ -151,3 +151,90 @@ def test_disabled_or_uncompilable_falls_back_to_pytorch(sharp_model, monkeypatch
         assert torch.equal(out, expected)
     finally:
         native._library.cache_clear()
+
+
+@torch.inference_mode()
+def test_native_step_reads_a_bf16_kv_cache_as_its_float32_copy(sharp_model):
+    """bf16/int8 modes keep a bf16 KV cache: the step must read it as the float32 values it holds (the only
+    difference left is the rounding of each new key/value when it is written)."""
+    packed = fast_decode.packed_lm(sharp_model.llm, "bf16")
+    embeds, mask = _prompt(sharp_model, pad=3)
+    state = fast_decode._Prefilled(packed, embeds, mask, 9)
+    assert state.cache[0][0].dtype == torch.bfloat16
+    widened = [(k.float(), v.float()) for k, v in state.cache]
+    lib = native.load()
+    rounded, exact = native.NativeStep(lib, packed, state.cache), native.NativeStep(lib, packed, widened)
+    assert state.use_native()
+    cos, sin = state.native_rope
+    token = int(state.logits.argmax(-1))
+    for step in range(8):
+        position, index = int(state.next_position[0, 0]) + step, state.prompt_len + step
+        args = (token, index, cos[position], sin[position], state.native_valid)
+        got, expected = rounded(*args), exact(*args)
+        # measured: 1e-5 at the first step (one rounded key and value per layer), up to 1e-2 once they add up
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 if step == 0 else 3e-2)
+        token = int(expected.argmax(-1))
+    assert expected.abs().max() > 1.0
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+@torch.inference_mode()
+def test_native_step_agrees_with_the_pytorch_step_in_reduced_precision(sharp_model, mode):
+    """Not equal (the PyTorch step rounds activations to bf16; the native step keeps them in float32), but the
+    same greedy choices and logits within bf16 noise."""
+    embeds, mask = _prompt(sharp_model)
+    ref, ours = _decode_both(sharp_model, fast_decode.packed_lm(sharp_model.llm, mode), embeds, mask)
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+    assert (ours - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@torch.inference_mode()
+def test_any_thread_count_gives_the_same_logits(sharp_model):
+    packed = fast_decode.packed_lm(sharp_model.llm, "none")
+    embeds, mask = _prompt(sharp_model)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            state = fast_decode._Prefilled(packed, embeds, mask, 6)
+            assert state.use_native()
+            token, logits = state.logits.argmax(-1), []
+            for step in range(5):
+                logits.append(state.step(token, step))
+                token = logits[-1].argmax(-1)
+            results.append(torch.cat(logits))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+def test_last_cache_position_is_accepted_and_negative_rejected(sharp_model):
+    packed = fast_decode.packed_lm(sharp_model.llm, "none")
+    embeds, mask = _prompt(sharp_model)
+    state = fast_decode._Prefilled(packed, embeds, mask, 2)
+    assert state.use_native()
+    cos, sin = state.native_rope
+    last = state.native.max_len - 1
+    assert torch.isfinite(state.native(1, last, cos[last], sin[last])).all()
+    with pytest.raises(IndexError):
+        state.native(1, -1, cos[0], sin[0])
+    with pytest.raises(ValueError, match="RoPE tables"):
+        state.native(1, last, cos[last].bfloat16(), sin[last])
+
+
+def test_a_corrupt_cached_library_is_rebuilt_and_a_missing_source_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("BIOMEDGPT_CACHE", str(tmp_path))
+    native._library.cache_clear()
+    try:
+        target = native.library_path()
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"not a shared library")  # e.g. a truncated copy in a shared cache folder
+        with caplog.at_level("WARNING"):
+            assert native.load() is not None
+        assert "does not load" in caplog.text and target.stat().st_size > 1000
+        native._library.cache_clear()
+        monkeypatch.setattr(native, "SOURCE", tmp_path / "missing.c")
+        assert native.load() is None
+    finally:
+        native._library.cache_clear()
