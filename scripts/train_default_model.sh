@@ -43,10 +43,10 @@ if [ ! -f "$RUNS/finetune_mix2.jsonl" ]; then
     --molecules 1200 --location 700 --function 250 --other 150
 fi
 
-# The third pass (PASS3=1; a candidate, see docs/default-model.md): PubMedQA's labelled training half (the 500
-# PQA-L questions outside the official test split, twice) beside ChEBI-20-validation descriptions and protein
+# The third pass (part of the shipped model; PASS3=0 stops after pass 2): PubMedQA's labelled training half (the
+# 500 PQA-L questions outside the official test split, twice) beside ChEBI-20-validation descriptions and protein
 # questions that pass 2 did not see.
-if [ "${PASS3:-0}" = 1 ] && [ ! -f "$RUNS/finetune_mix3.jsonl" ]; then
+if [ "${PASS3:-1}" = 1 ] && [ ! -f "$RUNS/finetune_mix3.jsonl" ]; then
   "$BIN/python" scripts/finetune_mixture.py "$RUNS/finetune_mix3.jsonl" --seed 3 \
     --molecules 1300 --location 450 --function 150 --other 100 --exclude "$RUNS/finetune_mix2.jsonl" \
     --extra data/build/pubmedqa_train.jsonl --extra-copies 2
@@ -64,7 +64,7 @@ stage finetune-rag2 finetune configs/small/finetune-rag2.yaml model="$RUNS/finet
   schedule.max_steps="$FINETUNE2_STEPS" "data.train=[$RUNS/finetune_mix2.jsonl]"
 
 FINAL=finetune-rag2
-if [ "${PASS3:-0}" = 1 ]; then
+if [ "${PASS3:-1}" = 1 ]; then
   stage finetune-rag3 finetune configs/small/finetune-rag3.yaml model="$RUNS/finetune-rag2/model" \
     "data.train=[$RUNS/finetune_mix3.jsonl]"
   FINAL=finetune-rag3
