@@ -41,7 +41,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 COMPILE_TIMEOUT_S = 120
 
 
-def _compile(target: Path) -> None:
+def _compile(target: Path, flags: list[str] = FLAGS) -> None:
     """Compile SOURCE into `target` atomically (a temporary file renamed into place: a half-written library is
     never loaded)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -51,7 +51,7 @@ def _compile(target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"]
+        cmd = [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
@@ -99,10 +99,14 @@ def library_path() -> Path:
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     try:
-        lib = _open(library_path())
+        return configure(_open(library_path()))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         logger.warning("native decode step unavailable, using the PyTorch step: %s", err)
         return None
+
+
+def configure(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the library's function signatures for ctypes."""
     lib.bm_scratch_floats.restype = ctypes.c_int64
     lib.bm_scratch_floats.argtypes = [ctypes.c_void_p]
     lib.bm_decode_step.restype = ctypes.c_int

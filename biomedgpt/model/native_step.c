@@ -46,92 +46,51 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch
 }
 
 #ifdef __AVX512F__
-/* Four accumulators so that the loop is bound by loads, not by the latency of one chain of FMAs. */
-static float dot_f32(const float *w, const float *x, int n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) s += w[i] * x[i];
-    return s;
-}
+static inline __m512 load_f32(const float *p) { return _mm512_loadu_ps(p); }
 
-static inline __m512 load_bf16(const uint16_t *p) {
+static inline __m512 load_bf16(const uint16_t *p) { /* bf16 -> fp32: the 16 bits become the high half */
     __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-
-static float dot_bf16(const uint16_t *w, const float *x, int n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(load_bf16(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(load_bf16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(load_bf16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(load_bf16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_bf16(w + i), _mm512_loadu_ps(x + i), a0);
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
-    return s;
 }
 
 static inline __m512 load_i8(const int8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 
-static float dot_i8(const int8_t *w, const float *x, int n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(load_i8(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(load_i8(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(load_i8(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(load_i8(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+/* dot(w, x) over n inputs for one weight type. Four accumulators so that the loop is bound by loads, not by the
+ * latency of one chain of FMAs. */
+#define DEFINE_DOT(NAME, T, LOAD, SCALAR)                                                                    \
+    static float NAME(const T *w, const float *x, int n) {                                                  \
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                         \
+        int i = 0;                                                                                          \
+        for (; i + 64 <= n; i += 64) {                                                                      \
+            a0 = _mm512_fmadd_ps(LOAD(w + i), _mm512_loadu_ps(x + i), a0);                                  \
+            a1 = _mm512_fmadd_ps(LOAD(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);                        \
+            a2 = _mm512_fmadd_ps(LOAD(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);                        \
+            a3 = _mm512_fmadd_ps(LOAD(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);                        \
+        }                                                                                                   \
+        for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(LOAD(w + i), _mm512_loadu_ps(x + i), a0);         \
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));       \
+        for (; i < n; i++) s += SCALAR(w[i]) * x[i];                                                        \
+        return s;                                                                                           \
     }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_i8(w + i), _mm512_loadu_ps(x + i), a0);
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) s += (float)w[i] * x[i];
-    return s;
-}
 #else
 /* Portable versions (the compiler vectorizes what it can); same results up to summation order. */
-static float dot_f32(const float *w, const float *x, int n) {
-    float a[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) a[j] += w[i + j] * x[i + j];
-    float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    for (; i < n; i++) s += w[i] * x[i];
-    return s;
-}
-
-static float dot_bf16(const uint16_t *w, const float *x, int n) {
-    float a[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) a[j] += bf16_to_f32(w[i + j]) * x[i + j];
-    float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
-    return s;
-}
-
-static float dot_i8(const int8_t *w, const float *x, int n) {
-    float a[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) a[j] += (float)w[i + j] * x[i + j];
-    float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    for (; i < n; i++) s += (float)w[i] * x[i];
-    return s;
-}
+#define DEFINE_DOT(NAME, T, LOAD, SCALAR)                                                                    \
+    static float NAME(const T *w, const float *x, int n) {                                                  \
+        float a[8] = {0};                                                                                   \
+        int i = 0;                                                                                          \
+        for (; i + 8 <= n; i += 8)                                                                          \
+            for (int j = 0; j < 8; j++) a[j] += SCALAR(w[i + j]) * x[i + j];                                \
+        float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));                        \
+        for (; i < n; i++) s += SCALAR(w[i]) * x[i];                                                        \
+        return s;                                                                                           \
+    }
 #endif
+#define AS_FLOAT(v) ((float)(v))
+DEFINE_DOT(dot_f32, float, load_f32, AS_FLOAT)
+DEFINE_DOT(dot_bf16, uint16_t, load_bf16, bf16_to_f32)
+DEFINE_DOT(dot_i8, int8_t, load_i8, AS_FLOAT)
 
 /* Row `r` of the matrix W [rows, n] (type `t`, int8 rows scaled by scale[r]) times x. */
 static inline float row_dot(const void *w, const uint16_t *scale, int t, size_t r, const float *x, int n) {

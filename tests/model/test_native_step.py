@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
 import shutil
 
 import pytest
@@ -124,16 +126,6 @@ def test_generate_uses_the_native_step_and_equals_hf(sharp_model, monkeypatch):
     assert len(set(ours[0].tolist())) > 5 and torch.equal(ours, ref)
 
 
-def test_out_of_cache_position_is_an_error_not_a_crash(sharp_model):
-    packed = fast_decode.packed_lm(sharp_model.llm, "none")
-    embeds, mask = _prompt(sharp_model)
-    state = fast_decode._Prefilled(packed, embeds, mask, 2)
-    assert state.use_native()
-    cos, sin = state.native_rope
-    with pytest.raises(IndexError, match="outside the KV cache"):
-        state.native(1, state.native.max_len, cos[0], sin[0])
-
-
 def test_disabled_or_uncompilable_falls_back_to_pytorch(sharp_model, monkeypatch, tmp_path, caplog):
     batch = collate([build_example(sharp_model, CONVERSATION)], sharp_model.tokenizer.pad_token_id, "left")
     expected = sharp_model.generate(**batch.model_inputs(), engine="fast", do_sample=False, max_new_tokens=8)
@@ -209,7 +201,7 @@ def test_any_thread_count_gives_the_same_logits(sharp_model):
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 
-def test_last_cache_position_is_accepted_and_negative_rejected(sharp_model):
+def test_cache_positions_and_tables_are_checked_not_a_crash(sharp_model):
     packed = fast_decode.packed_lm(sharp_model.llm, "none")
     embeds, mask = _prompt(sharp_model)
     state = fast_decode._Prefilled(packed, embeds, mask, 2)
@@ -217,8 +209,9 @@ def test_last_cache_position_is_accepted_and_negative_rejected(sharp_model):
     cos, sin = state.native_rope
     last = state.native.max_len - 1
     assert torch.isfinite(state.native(1, last, cos[last], sin[last])).all()
-    with pytest.raises(IndexError):
-        state.native(1, -1, cos[0], sin[0])
+    for outside in (state.native.max_len, -1):
+        with pytest.raises(IndexError, match="outside the KV cache"):
+            state.native(1, outside, cos[0], sin[0])
     with pytest.raises(ValueError, match="RoPE tables"):
         state.native(1, last, cos[last].bfloat16(), sin[last])
 
@@ -238,3 +231,26 @@ def test_a_corrupt_cached_library_is_rebuilt_and_a_missing_source_falls_back(mon
         assert native.load() is None
     finally:
         native._library.cache_clear()
+
+
+@torch.inference_mode()
+def test_the_portable_build_without_avx512_computes_the_same(sharp_model, tmp_path):
+    """Machines without AVX-512 compile the plain C loops; they must give the same logits."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("-mno-avx512f is an x86 flag")
+    target = tmp_path / "portable.so"
+    native._compile(target, [f for f in native.FLAGS if f != "-march=native"] + ["-mno-avx512f"])
+    portable = native.configure(ctypes.CDLL(str(target)))
+    packed = fast_decode.packed_lm(sharp_model.llm, "int8")
+    embeds, mask = _prompt(sharp_model)
+    first, second = (fast_decode._Prefilled(packed, embeds, mask, 6) for _ in range(2))
+    reference, ours = native.NativeStep(native.load(), packed, first.cache), native.NativeStep(portable, packed,
+                                                                                               second.cache)
+    cos, sin = packed.rope_tables(torch.arange(first.prompt_len + 6)[None], dtype=torch.float32)
+    token = int(first.logits.argmax(-1))
+    for step in range(5):
+        position = first.prompt_len + step
+        expected = reference(token, position, cos[0, 0, position], sin[0, 0, position])
+        torch.testing.assert_close(ours(token, position, cos[0, 0, position], sin[0, 0, position]), expected,
+                                   rtol=1e-4, atol=1e-4)
+        token = int(expected.argmax(-1))
