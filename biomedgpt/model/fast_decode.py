@@ -10,7 +10,9 @@ calls per token. This module keeps only what a decode step needs:
 - fused projections (q|k|v and gate|up as one matmul each) and RoPE applied once to q and k together;
 - grouped-query attention without copying K/V (query heads packed per KV head at decode time);
 - optional weight-only int8/int4/bf16 weights (`biomedgpt.model.quantize`);
-- greedy / temperature / top-k / top-p sampling, repetition penalty, EOS and stop strings per row, on tensors.
+- greedy / temperature / top-k / top-p sampling, repetition penalty, EOS and stop strings per row, on tensors;
+- for one prompt without beams, every decode step in one compiled C call (`biomedgpt.model.native`), near the
+  memory-bandwidth bound; the PyTorch step below is the reference and the fallback.
 
 The prefill runs on `inputs_embeds` (the spliced prompt: text embeddings with molecule/protein rows written in),
 later steps on token ids, exactly like `BioMedGPT.generate` with HF. With `quantize="none"` the weights are the

@@ -99,8 +99,8 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def int8_supported(shape: torch.Size | tuple[int, int]) -> bool:
-    """`aten._weight_int8pack_mm` (torch 2.13, CPU) reads past the row for inputs not a multiple of 16: measured
-    wrong results (~1e29) with 72 inputs and a segmentation fault with 100."""
+    """Whether `aten._weight_int8pack_mm` (torch 2.13, CPU) handles this shape: for inputs that are not a multiple
+    of 16 it was measured to return wrong results (~1e29 with 72 inputs) or crash the process (100 inputs)."""
     return shape[1] % 16 == 0
 
 
