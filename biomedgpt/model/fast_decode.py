@@ -381,6 +381,14 @@ class SharedPrefix:
         # would take weight from the row's own keys; give it -inf so that only they count.
         self.empty = None if mask is None or bool(mask.any(-1).all()) else ~mask.any(-1).view(-1, 1, 1)
 
+    def select(self, prompts: torch.Tensor) -> SharedPrefix:
+        """The same prefix restricted to `prompts` (indices, in order)."""
+        kept = SharedPrefix.__new__(SharedPrefix)
+        kept.layers = [(k[prompts], v[prompts]) for k, v in self.layers]
+        kept.bias = None if self.bias is None else self.bias[prompts]
+        kept.empty = None if self.empty is None else self.empty[prompts]
+        return kept
+
     def attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Decode-step attention of `q: [N, H, 1, D]` over layer i's prefix (rows r*R..r*R+R-1 share prompt r)
         followed by each row's own keys `k, v: [N, KV, T, D]`.
@@ -492,6 +500,21 @@ class _Prefilled:
         self.batch *= times
         self.cache = self.model.new_cache(self.batch, max_new)
 
+    def keep(self, rows: torch.Tensor, prompts: torch.Tensor, filled: int) -> None:
+        """Continue with fewer rows (beam search, once some prompts' results are final): row i becomes old row
+        `rows[i]` (its first `filled` generated positions are copied); `prompts`: the shared-prefix prompts kept, in
+        order (every row in `rows` continues one of them). The caches shrink to views of their first rows."""
+        count = len(rows)
+        for i, (k, v) in enumerate(self.cache):
+            moved_k, moved_v = k[rows, :, :filled], v[rows, :, :filled]  # copies, taken before any row is written
+            k, v = k[:count], v[:count]
+            k[:, :, :filled] = moved_k
+            v[:, :, :filled] = moved_v
+            self.cache[i] = (k, v)
+        self.prefix = self.prefix.select(prompts)
+        self.next_position = self.next_position[rows]
+        self.batch = count
+
     def reorder(self, rows: torch.Tensor, filled: int) -> None:
         """Make row i continue from row `rows[i]` (beam search): copy its first `filled` generated positions (the
         prompt is shared: `rows[i]` is always a beam of row i's own prompt)."""
@@ -521,6 +544,9 @@ def _beam_search(state: _Prefilled, options: SamplingOptions) -> torch.Tensor:
     is_finished = torch.zeros(batch, beams, dtype=torch.bool)
     improvable = torch.ones(batch, 1, dtype=torch.bool)
     offsets = torch.arange(batch)[:, None] * beams
+    active = torch.arange(batch)  # the prompts still decoded, by their index in the input
+    results = torch.full((batch, max_new), fill, dtype=torch.long)  # each prompt's best hypothesis, once final
+    result_lengths = torch.zeros(batch, dtype=torch.long)
     for step in range(max_new):
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         vocab = log_probs.shape[-1]
@@ -557,11 +583,28 @@ def _beam_search(state: _Prefilled, options: SamplingOptions) -> torch.Tensor:
         all_done = options.early_stopping is True and bool(is_finished.all())
         if not bool(improvable.any()) or all_done or bool(hits.all()) or step + 1 >= max_new:
             break
-        if step:
+        # A prompt that cannot improve (or, with early_stopping=True, has all its beams finished) keeps its
+        # finished hypotheses from now on, as in HF, where it is still computed: set its result aside and drop
+        # its rows, so that long answers in a batch do not make the short ones' beams run on.
+        final = ~improvable[:, 0]
+        if options.early_stopping is True:
+            final |= is_finished.all(-1)
+        if bool(final.any()):
+            done_ids = active[final]
+            results[done_ids], result_lengths[done_ids] = finished[final, 0], finished_lengths[final, 0]
+            kept = (~final).nonzero().flatten()
+            active, batch = active[kept], len(kept)
+            running, running_scores, finished = running[kept], running_scores[kept], finished[kept]
+            finished_scores, finished_lengths = finished_scores[kept], finished_lengths[kept]
+            is_finished, improvable = is_finished[kept], improvable[kept]
+            rows = rows.view(-1, beams)[kept].flatten()
+            offsets = torch.arange(batch)[:, None] * beams
+            state.keep(rows, kept, step)
+        elif step:
             state.reorder(rows, step)
         logits = state.step(running[:, :, step].flatten(), step)
-    length = int(finished_lengths[:, 0].max())
-    return finished[:, 0, :length]
+    results[active], result_lengths[active] = finished[:, 0], finished_lengths[:, 0]
+    return results[:, : int(result_lengths.max())]
 
 
 @torch.inference_mode()

@@ -154,6 +154,29 @@ def test_beam_search_equals_hf(sharp_model, rows, kwargs):
             assert (ours == eos).any(), "no hypothesis finished on the EOS: that path went untested"
 
 
+@pytest.mark.parametrize("kwargs, eos_at, drops", [
+    ({"num_beams": 3}, (2, 3), 1),
+    ({"num_beams": 3, "early_stopping": True}, (0, 3), 2),
+    ({"num_beams": 2, "length_penalty": 0.5}, (2, 1), 2),
+    ({"num_beams": 2}, (0, 0), 1),
+])
+def test_beam_search_drops_prompts_whose_result_is_final_and_still_equals_hf(sharp_model, monkeypatch, kwargs,
+                                                                               eos_at, drops):
+    """When one prompt of a batch is done (it cannot improve, or all its beams finished with early_stopping=True)
+    its rows leave the batch; the others must decode exactly as before. (EOS tokens picked so that prompts finish
+    at different steps: `drops` compactions.)"""
+    kept = []
+    original = fast_decode._Prefilled.keep
+    monkeypatch.setattr(fast_decode._Prefilled, "keep",
+                        lambda self, rows, prompts, filled: kept.append(len(prompts)) or original(self, rows, prompts,
+                                                                                                   filled))
+    batch = _batch(sharp_model, [0, 1, 2, 3])
+    free = sharp_model.generate(**batch.model_inputs(), engine="hf", max_new_tokens=20, do_sample=False, **kwargs)
+    ref, ours = _both(sharp_model, batch, max_new_tokens=20, eos_token_id=int(free[eos_at]), **kwargs)
+    assert len(kept) == drops, "the prompts did not finish as planned: the compaction went untested"
+    assert torch.equal(ref, ours), (ref, ours)
+
+
 @pytest.mark.parametrize("max_new_tokens", [1, 2])
 def test_short_beam_searches_equal_hf(sharp_model, max_new_tokens):
     """One new token never feeds a token back (no step, no reorder); two feed one (the first reorder)."""
