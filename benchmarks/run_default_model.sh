@@ -5,8 +5,9 @@
 # Sample sizes (env): CHEBI_N=500 (set 3300 for the whole ChEBI-20 test), LOC_N=500, GO_N=200, MCQ_N=500.
 # The model answers with its recommended decoding (config.json `generation`; biomedgpt-small: 4 beams,
 # repetition penalty 1.0, bf16 weights); MODEL_TAG names that decoding in the run folders (default -bf16-beams4).
-# The whole ChEBI-20 test takes ~1.4 h that way on 2 cores (1.5 s per molecule; ~2 h before the beams shared their
-# prompt cache; greedy bf16 at batch 32: ~45 min).
+# The whole ChEBI-20 test took 83 min that way on 2 cores (1.5 s per molecule; ~2 h before the beams shared their
+# prompt cache; greedy bf16 at batch 32: ~45 min); since finished prompts leave the batch, ~1.1 s per molecule was
+# measured on a 16-molecule sample (~1 h expected for the whole test, not re-run).
 # ABLATION=1 adds, on seeded samples of 100: greedy decoding in fp32 with and without evidence in the prompts
 # (--evidence 0), beside the NN baseline on the same items. benchmarks/subset_metrics.py scores a full run on a
 # seeded sample.
