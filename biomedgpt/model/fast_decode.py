@@ -459,11 +459,13 @@ class _Prefilled:
         from biomedgpt.model import native
 
         lib = native.load() if self.batch == 1 and self.prefix is None else None
-        reason = "unavailable" if lib is None else native.unsupported_reason(self.model)
-        if reason is not None:
-            logger.debug("decode steps in PyTorch: native step %s", reason)
+        if lib is None:
             return False
-        self.native = native.NativeStep(lib, self.model, self.cache)
+        try:  # NativeStep checks the weights and the cache (native.unsupported_reason)
+            self.native = native.NativeStep(lib, self.model, self.cache)
+        except ValueError as err:
+            logger.debug("decode steps in PyTorch: %s", err)
+            return False
         cos, sin = self.model.rope_tables(torch.arange(self.cos_all.shape[2])[None], dtype=torch.float32)
         self.native_rope = cos[0, 0], sin[0, 0]
         self.native_valid = self.key_valid[0, 0, 0].to(torch.uint8).contiguous() if self.padded else None
@@ -505,22 +507,22 @@ class _Prefilled:
         `rows[i]` (its first `filled` generated positions are copied); `prompts`: the shared-prefix prompts kept, in
         order (every row in `rows` continues one of them). The caches shrink to views of their first rows."""
         count = len(rows)
-        for i, (k, v) in enumerate(self.cache):
-            moved_k, moved_v = k[rows, :, :filled], v[rows, :, :filled]  # copies, taken before any row is written
-            k, v = k[:count], v[:count]
-            k[:, :, :filled] = moved_k
-            v[:, :, :filled] = moved_v
-            self.cache[i] = (k, v)
+        self.reorder(rows, filled, keep=count)
         self.prefix = self.prefix.select(prompts)
         self.next_position = self.next_position[rows]
         self.batch = count
 
-    def reorder(self, rows: torch.Tensor, filled: int) -> None:
+    def reorder(self, rows: torch.Tensor, filled: int, keep: int | None = None) -> None:
         """Make row i continue from row `rows[i]` (beam search): copy its first `filled` generated positions (the
-        prompt is shared: `rows[i]` is always a beam of row i's own prompt)."""
-        for k, v in self.cache:
-            k[:, :, :filled] = k[rows, :, :filled]
-            v[:, :, :filled] = v[rows, :, :filled]
+        prompt is shared: `rows[i]` is always a beam of row i's own prompt). `keep`: shrink the caches to views of
+        their first `keep` rows (see `keep`)."""
+        for i, (k, v) in enumerate(self.cache):
+            moved_k, moved_v = k[rows, :, :filled], v[rows, :, :filled]  # copies, taken before any row is written
+            if keep is not None:
+                k, v = k[:keep], v[:keep]
+                self.cache[i] = (k, v)
+            k[:, :, :filled] = moved_k
+            v[:, :, :filled] = moved_v
 
 
 def _beam_search(state: _Prefilled, options: SamplingOptions) -> torch.Tensor:
