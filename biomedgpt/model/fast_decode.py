@@ -374,6 +374,7 @@ class SharedPrefix:
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor | None) -> None:
         self.layers = layers
+        self.valid = mask
         dtype = layers[0][0].dtype
         # PyTorch's CPU flash kernel takes an additive mask in the query's dtype.
         self.bias = None if mask is None else torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
@@ -385,6 +386,7 @@ class SharedPrefix:
         """The same prefix restricted to `prompts` (indices, in order)."""
         kept = SharedPrefix.__new__(SharedPrefix)
         kept.layers = [(k[prompts], v[prompts]) for k, v in self.layers]
+        kept.valid = None if self.valid is None else self.valid[prompts]
         kept.bias = None if self.bias is None else self.bias[prompts]
         kept.empty = None if self.empty is None else self.empty[prompts]
         return kept
@@ -454,38 +456,55 @@ class _Prefilled:
         self.native = None  # set by `use_native`
 
     def use_native(self) -> bool:
-        """Run the decode steps of this batch-1 prompt through the compiled step (`biomedgpt.model.native`) when
-        it is available and supports the weights; returns whether it will."""
+        """Run the decode steps through the compiled step (`biomedgpt.model.native`) when it is available and
+        supports the weights: the batch-1 step for one prompt, the batched one for several rows or beams (call it
+        again after `expand` and `keep`, which replace the caches; they do). Returns whether it will."""
         from biomedgpt.model import native
 
-        lib = native.load() if self.batch == 1 and self.prefix is None else None
+        self.native = None
+        lib = native.load()
         if lib is None:
             return False
-        try:  # NativeStep checks the weights and the cache (native.unsupported_reason)
-            self.native = native.NativeStep(lib, self.model, self.cache)
+        try:  # the steps check the weights and the caches (native.unsupported_reason)
+            if self.batch == 1 and self.prefix is None:
+                self.native = native.NativeStep(lib, self.model, self.cache)
+            elif self.prefix is None:
+                self.native = native.NativeBatchStep(lib, self.model, self.cache)
+            else:
+                valid = self.prefix.valid
+                valid = None if valid is None else valid[:, 0, 0].to(torch.uint8).contiguous()
+                self.native = native.NativeBatchStep(lib, self.model, self.cache, self.prefix.layers, valid)
         except ValueError as err:
             logger.debug("decode steps in PyTorch: %s", err)
             return False
         cos, sin = self.model.rope_tables(torch.arange(self.cos_all.shape[2])[None], dtype=torch.float32)
         self.native_rope = cos[0, 0], sin[0, 0]
-        self.native_valid = self.key_valid[0, 0, 0].to(torch.uint8).contiguous() if self.padded else None
+        self.native_valid = None
+        if self.padded and self.prefix is None:
+            valid = self.key_valid[:, 0, 0].to(torch.uint8)
+            self.native_valid = (valid[0] if self.batch == 1 else valid).contiguous()
         return True
 
     def step(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """Feed the tokens chosen at decode step `step` (0-based), `[B]`; return the next logits `[B, vocab]`."""
         model = self.model
+        # The position in the cache: after the prompt, or (beams) in caches that hold the generated tokens only.
+        pos = step if self.prefix is not None else self.prompt_len + step
         if self.native is not None:
-            position = int(self.next_position[0, 0])
-            self.next_position = self.next_position + 1
             cos, sin = self.native_rope
-            return self.native(int(tokens[0]), self.prompt_len + step, cos[position], sin[position], self.native_valid)
+            positions = self.next_position[:, 0]
+            self.next_position = self.next_position + 1
+            if self.batch == 1 and self.prefix is None:
+                position = int(positions[0])
+                return self.native(int(tokens[0]), pos, cos[position], sin[position], self.native_valid)
+            return self.native(tokens, pos, cos[positions], sin[positions], self.native_valid)
         x = model.embed[tokens][:, None].to(model.residual_dtype)  # [B, 1, hidden]
         rope = _rope_at(self.cos_all, self.sin_all, self.next_position)
-        if self.prefix is not None:  # the cache holds the generated positions only; every one of them is real
-            logits = model.forward(x, rope, self.cache, step, None, prefix=self.prefix)
+        if self.prefix is not None:  # every generated position is real
+            logits = model.forward(x, rope, self.cache, pos, None, prefix=self.prefix)
         else:
-            mask = self.key_valid[..., : self.prompt_len + step + 1] if self.padded else None
-            logits = model.forward(x, rope, self.cache, self.prompt_len + step, mask)
+            mask = self.key_valid[..., : pos + 1] if self.padded else None
+            logits = model.forward(x, rope, self.cache, pos, mask)
         self.next_position = self.next_position + 1
         return logits
 
@@ -501,6 +520,8 @@ class _Prefilled:
         self.logits = self.logits.repeat_interleave(times, 0)
         self.batch *= times
         self.cache = self.model.new_cache(self.batch, max_new)
+        if self.native is not None:
+            self.use_native()
 
     def keep(self, rows: torch.Tensor, prompts: torch.Tensor, filled: int) -> None:
         """Continue with fewer rows (beam search, once some prompts' results are final): row i becomes old row
@@ -511,6 +532,8 @@ class _Prefilled:
         self.prefix = self.prefix.select(prompts)
         self.next_position = self.next_position[rows]
         self.batch = count
+        if self.native is not None:
+            self.use_native()
 
     def reorder(self, rows: torch.Tensor, filled: int, keep: int | None = None) -> None:
         """Make row i continue from row `rows[i]` (beam search): copy its first `filled` generated positions (the
@@ -536,6 +559,8 @@ def _beam_search(state: _Prefilled, options: SamplingOptions) -> torch.Tensor:
     # HF's filler for unused positions (note its `pad or eos` rule: a pad id of 0 gives the EOS id).
     fill = (options.pad_token_id or options.eos_token_ids[0]) if options.eos_token_ids else -1
     state.expand(beams)
+    if max_new > 1:  # one token needs no decode step
+        state.use_native()
     logits = state.logits
     running = torch.full((batch, beams, max_new), fill, dtype=torch.long)
     running_scores = torch.zeros(batch, beams)

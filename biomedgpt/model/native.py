@@ -113,6 +113,12 @@ def configure(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.bm_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.bm_batch_scratch_floats.restype = ctypes.c_int64
+    lib.bm_batch_scratch_floats.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    pointer, integer = ctypes.c_void_p, ctypes.c_int
+    lib.bm_decode_batch.restype = ctypes.c_int
+    lib.bm_decode_batch.argtypes = [pointer, ctypes.c_float, pointer, pointer, pointer, integer, integer, pointer,
+                                    pointer, pointer, pointer, integer, integer, pointer, pointer, pointer]
     return lib
 
 
@@ -145,9 +151,10 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-class NativeStep:
-    """Decode steps of one batch-1 sequence through the compiled step, on `PackedLM` weights and a KV cache
-    made by `PackedLM.new_cache(1, max_len)` (written in place, as the PyTorch step does)."""
+class _Bound:
+    """The weights and KV caches of a `PackedLM` as the pointer tables the compiled steps read; checks that the
+    compiled code can run them (`unsupported_reason`, and one contiguous `[rows, kv_heads, max_len, head_dim]`
+    key and value cache per layer of one dtype). Keeps the pointers' owners alive."""
 
     def __init__(self, lib: ctypes.CDLL, model, cache: list[tuple[torch.Tensor, torch.Tensor]]):
         self.lib, self.model = lib, model
@@ -155,8 +162,8 @@ class NativeStep:
         if reason is not None:
             raise ValueError(f"the native step cannot run this model: {reason}")
         k0 = cache[0][0]
-        max_len = k0.shape[2]
-        shape = (1, model.num_kv_heads, max_len, model.head_dim)
+        rows, max_len = k0.shape[0], k0.shape[2]
+        shape = (rows, model.num_kv_heads, max_len, model.head_dim)
         if len(cache) != len(model.layers) or any(
                 t.shape != shape or t.dtype != k0.dtype or not t.is_contiguous() for kv in cache for t in kv):
             raise ValueError(f"the native step needs one contiguous {tuple(shape)} key and value cache per layer")
@@ -180,18 +187,32 @@ class NativeStep:
             model.layers[0].down_proj.in_features, len(model.layers), head.out_features, max_len, wtype,
             _WTYPES[head.weight.dtype], int(k0.dtype == torch.bfloat16), torch.get_num_threads()],
             dtype=torch.int32)
+        self.rows, self.max_len, self.cache_dtype = rows, max_len, k0.dtype
+
+    def _check_rope(self, cos: torch.Tensor, sin: torch.Tensor, rows: int | None) -> None:
+        dim = self.model.head_dim
+        shape = (dim,) if rows is None else (rows, dim)
+        for table in (cos, sin):
+            if table.dtype != torch.float32 or table.shape != shape or not table.is_contiguous():
+                raise ValueError(f"RoPE tables must be contiguous float32 {list(shape)}")
+
+
+class NativeStep(_Bound):
+    """Decode steps of one batch-1 sequence through the compiled step, on `PackedLM` weights and a KV cache
+    made by `PackedLM.new_cache(1, max_len)` (written in place, as the PyTorch step does)."""
+
+    def __init__(self, lib: ctypes.CDLL, model, cache: list[tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__(lib, model, cache)
+        if self.rows != 1:
+            raise ValueError(f"NativeStep decodes one row, the cache has {self.rows} (use NativeBatchStep)")
         self._scratch = torch.empty(int(lib.bm_scratch_floats(self._cfg.data_ptr())), dtype=torch.float32)
         self._x = torch.empty(model.embed.shape[1], dtype=torch.float32)
-        self.max_len = max_len
 
     def __call__(self, token: int, pos: int, cos: torch.Tensor, sin: torch.Tensor,
                  key_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Logits `[1, vocab]` (float32) after feeding `token` at cache position `pos`; `cos`, `sin`: float32
         `[head_dim]` RoPE tables of the token's position; `key_valid`: uint8 `[max_len]` (1 = attend) or None."""
-        dim = self.model.head_dim
-        for table in (cos, sin):
-            if table.dtype != torch.float32 or table.shape != (dim,) or not table.is_contiguous():
-                raise ValueError(f"RoPE tables must be contiguous float32 [{dim}]")
+        self._check_rope(cos, sin, None)
         if key_valid is not None and (key_valid.dtype != torch.uint8 or key_valid.shape != (self.max_len,)
                                       or not key_valid.is_contiguous()):
             raise ValueError(f"key_valid must be contiguous uint8 [{self.max_len}]")
@@ -200,6 +221,61 @@ class NativeStep:
         rc = self.lib.bm_decode_step(self._cfg.data_ptr(), self.model.eps, self._layers.data_ptr(),
                                      self._head.data_ptr(), self._x.data_ptr(), pos, _ptr(key_valid),
                                      cos.data_ptr(), sin.data_ptr(), self._scratch.data_ptr(), logits.data_ptr())
+        if rc != 0:
+            raise IndexError(f"decode position {pos} is outside the KV cache ({self.max_len} positions)")
+        return logits
+
+
+class NativeBatchStep(_Bound):
+    """Decode steps of several rows at once through the compiled batched step: a batch of (left-padded) prompts,
+    each row with its own cache `[rows, kv_heads, max_len, head_dim]`, or a prompt's beams, which in addition share
+    its prompt's keys and values (`prefix`: one `(k, v)` per layer, each `[prompts, kv_heads, prefix_len, head_dim]`
+    in the cache's dtype, row r continuing prompt r // (rows // prompts); `prefix_valid`: uint8 `[prompts,
+    prefix_len]`, 1 = a real token, or None)."""
+
+    def __init__(self, lib: ctypes.CDLL, model, cache: list[tuple[torch.Tensor, torch.Tensor]],
+                 prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 prefix_valid: torch.Tensor | None = None):
+        super().__init__(lib, model, cache)
+        self.prompts, prefix_len = 1, 0
+        self._prefix = None
+        if prefix is not None:
+            p0 = prefix[0][0]
+            self.prompts, prefix_len = p0.shape[0], p0.shape[2]
+            shape = (self.prompts, model.num_kv_heads, prefix_len, model.head_dim)
+            if len(prefix) != len(model.layers) or any(t.shape != shape or t.dtype != self.cache_dtype
+                                                       or not t.is_contiguous() for kv in prefix for t in kv):
+                raise ValueError(f"the prefix needs one contiguous {shape} {self.cache_dtype} key and value per layer")
+            if self.rows % self.prompts:
+                raise ValueError(f"{self.rows} rows do not split evenly over {self.prompts} prompts")
+            if prefix_valid is not None and (prefix_valid.dtype != torch.uint8 or not prefix_valid.is_contiguous()
+                                             or prefix_valid.shape != (self.prompts, prefix_len)):
+                raise ValueError(f"prefix_valid must be contiguous uint8 [{self.prompts}, {prefix_len}]")
+            self._prefix = torch.tensor([_ptr(t) for kv in prefix for t in kv], dtype=torch.int64)
+            self._keep_prefix = (prefix, prefix_valid)
+        self.prefix_len, self.prefix_valid = prefix_len, prefix_valid
+        floats = int(lib.bm_batch_scratch_floats(self._cfg.data_ptr(), self.rows, prefix_len))
+        self._scratch = torch.empty(floats, dtype=torch.float32)
+
+    def __call__(self, tokens: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor,
+                 key_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `[rows, vocab]` (float32) after feeding `tokens: [rows]` at position `pos` of the rows' caches;
+        `cos`, `sin`: float32 `[rows, head_dim]`, each row's RoPE tables; `key_valid`: uint8 `[rows, max_len]`
+        (1 = attend) or None."""
+        rows = self.rows
+        if tokens.shape != (rows,):
+            raise ValueError(f"expected {rows} tokens, got shape {tuple(tokens.shape)}")
+        self._check_rope(cos, sin, rows)
+        if key_valid is not None and (key_valid.dtype != torch.uint8 or key_valid.shape != (rows, self.max_len)
+                                      or not key_valid.is_contiguous()):
+            raise ValueError(f"key_valid must be contiguous uint8 [{rows}, {self.max_len}]")
+        x = self.model.embed[tokens].float().contiguous()
+        logits = torch.empty(rows, self.model.lm_head.out_features, dtype=torch.float32)
+        rc = self.lib.bm_decode_batch(self._cfg.data_ptr(), self.model.eps, self._layers.data_ptr(),
+                                      self._head.data_ptr(), x.data_ptr(), rows, pos, _ptr(key_valid),
+                                      cos.data_ptr(), sin.data_ptr(), _ptr(self._prefix), self.prompts,
+                                      self.prefix_len, _ptr(self.prefix_valid), self._scratch.data_ptr(),
+                                      logits.data_ptr())
         if rc != 0:
             raise IndexError(f"decode position {pos} is outside the KV cache ({self.max_len} positions)")
         return logits

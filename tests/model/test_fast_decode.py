@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from biomedgpt.data.collate import collate
 from biomedgpt.inference import GenerationSettings, Message, build_example, generate_batch, stream
-from biomedgpt.model import fast_decode
+from biomedgpt.model import fast_decode, native
 from biomedgpt.model.biomedgpt import BioMedGPT
 from biomedgpt.model.quantize import PackedLinear, quantize_int4
 
@@ -38,6 +38,15 @@ def sharp_model() -> BioMedGPT:
     return model
 
 
+@pytest.fixture(params=["native", "pytorch"])
+def decode_steps(request, monkeypatch) -> str:
+    """Run a test with the decode steps compiled (`biomedgpt.model.native`, the default where a C compiler exists)
+    and in PyTorch (`BIOMEDGPT_NATIVE=0`): both must give HF's tokens."""
+    if request.param == "pytorch":
+        monkeypatch.setenv(native.ENV_DISABLE, "0")
+    return request.param
+
+
 def _batch(model, rows):
     return collate([build_example(model, CONVERSATIONS[i]) for i in rows], model.tokenizer.pad_token_id, "left")
 
@@ -50,7 +59,7 @@ def _both(model, batch, **kwargs):
 
 
 @pytest.mark.parametrize("rows, penalty", [([0], 1.0), ([1], 1.3), ([2], 1.3), ([0, 1, 2, 3], 1.0)])
-def test_greedy_equals_hf_generate(sharp_model, rows, penalty):
+def test_greedy_equals_hf_generate(sharp_model, rows, penalty, decode_steps):
     ref, ours = _both(sharp_model, _batch(sharp_model, rows), max_new_tokens=24, repetition_penalty=penalty)
     assert len(set(ours[0].tolist())) > 5, "degenerate output: the comparison would prove nothing"
     assert torch.equal(ref, ours)
@@ -139,7 +148,7 @@ def test_unsupported_options_fall_back_to_hf(sharp_model):
     ([2, 0], {"num_beams": 3, "early_stopping": True}),
     ([3], {"num_beams": 2, "early_stopping": "never", "length_penalty": 2.0}),
 ])
-def test_beam_search_equals_hf(sharp_model, rows, kwargs):
+def test_beam_search_equals_hf(sharp_model, rows, kwargs, decode_steps):
     """HF's beam search on the fast loop's cache: the same tokens, padded batches included; with an EOS that the
     beams emit early, hypotheses finish at different lengths and the early-stopping rules decide."""
     batch = _batch(sharp_model, rows)
@@ -161,7 +170,7 @@ def test_beam_search_equals_hf(sharp_model, rows, kwargs):
     ({"num_beams": 2}, (0, 0), 1),
 ])
 def test_beam_search_drops_prompts_whose_result_is_final_and_still_equals_hf(sharp_model, monkeypatch, kwargs,
-                                                                               eos_at, drops):
+                                                                               eos_at, drops, decode_steps):
     """When one prompt of a batch is done (it cannot improve, or all its beams finished with early_stopping=True)
     its rows leave the batch; the others must decode exactly as before. (EOS tokens picked so that prompts finish
     at different steps: `drops` compactions.)"""
