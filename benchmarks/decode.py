@@ -173,29 +173,50 @@ def bench_speed(model, args, bandwidth, read_bw) -> dict:
     return results
 
 
-def bench_batches(model, args) -> dict:
-    """Aggregate new tokens/s over a batch of prompts of different lengths (left padding, per-row stopping).
-    Batches of more than one row always decode in PyTorch; "fast-torch" shows the ratio without the compiled
-    batch-1 step."""
+def matmul_peak(repeats: int = 10) -> float:
+    """FLOP/s of a large float32 matrix product in PyTorch (MKL/oneDNN) on the benchmark's threads: what the
+    machine's cores can do at best, so that (this / FLOPs per token) bounds the aggregate decode rate of any batch."""
+    a, w = torch.randn(1024, 576), torch.randn(1536, 576)
+    for _ in range(3):
+        a @ w.T
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ w.T
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.shape[0] * a.shape[1] * w.shape[0] / best
+
+
+def bench_batches(model, args, flops_peak: float) -> dict:
+    """Aggregate tokens/s over a batch of prompts of different lengths (left padding, per-row stopping): the decode
+    rate (prefill excluded, every row's token counted, as at batch 1) and new tokens per second of the whole call
+    (prefill included). Engine "fast" runs batches through the compiled batched step, "fast-torch" in PyTorch."""
     results = {}
     modes = args.batch_modes.split(",")
     engines = [("hf", "none")] + [("fast", mode) for mode in modes]
     engines += [("fast-torch", mode) for mode in modes if mode != "int4"]
+    from biomedgpt.model.fast_decode import packed_lm
+
+    packed = packed_lm(model.llm, "none")  # 2 FLOPs per weight of every product (the embedding is a lookup)
+    flops_per_token = 2 * (sum(p.weight.numel() for layer in packed.layers for p in layer.linears)
+                           + packed.lm_head.weight.numel())
     for engine, mode in engines:
-        per_size = {}
+        decode, whole = {}, {}
         for size in args.batch_sizes:
-            if (engine == "hf" and size > 8) or (engine == "fast-torch" and size > 1):
-                continue  # hf: slow, the anchor compares HF at batch 8; fast-torch: the same as fast above 1
+            if engine == "hf" and size > 8:
+                continue  # slow; the anchor compares HF at batch 8
             prompts = [PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)) for i in range(size)]
             inputs = _inputs(model, prompts)
-            best = 0.0
-            for _ in range(args.repeats):
-                elapsed, produced = _timed(model, inputs, engine, mode, args.batch_new_tokens)
-                best = max(best, produced / elapsed)
-            per_size[size] = round(best, 1)
-        base = per_size[min(per_size)]
-        results[f"{engine}/{mode}"] = {"tokens_per_s": per_size,
-                                       "vs_batch_1": {k: round(v / base, 2) for k, v in per_size.items()}}
+            _timed(model, inputs, engine, mode, 2)  # warm-up (packing, first allocations of this shape)
+            runs = [decode_rate(model, inputs, engine, mode, args.batch_new_tokens) for _ in range(args.repeats)]
+            decode[size] = round(max(r["tokens_per_s"] for r in runs) * size, 1)
+            whole[size] = round(max(r["tokens"] / r["seconds"] for r in runs), 1)
+        base = decode[min(decode)]
+        results[f"{engine}/{mode}"] = {
+            "decode_tokens_per_s": decode, "decode_vs_batch_1": {k: round(v / base, 2) for k, v in decode.items()},
+            "tokens_per_s_with_prefill": whole}
+    results["compute_bound"] = {"matmul_GFLOPs": round(flops_peak / 1e9, 1), "flops_per_token": flops_per_token,
+                                "tokens_per_s": round(flops_peak / flops_per_token, 1)}
     return results
 
 
@@ -308,12 +329,19 @@ def markdown(report: dict) -> str:
                          f"{r['fraction_of_bound']:.0%} | {r.get('read_bound_tokens_per_s', '–')} | "
                          f"{r.get('fraction_of_read_bound', 0):.0%} |")
     if "batched" in report:
-        sizes = max((r["tokens_per_s"] for r in report["batched"].values()), key=len)
-        lines += ["\n## Aggregate new tokens/s by batch size (prompts of different lengths)\n",
+        batched = {k: v for k, v in report["batched"].items() if k != "compute_bound"}
+        sizes = max((r["decode_tokens_per_s"] for r in batched.values()), key=len)
+        bound = report["batched"]["compute_bound"]
+        lines += ["\n## Aggregate tokens/s by batch size (prompts of different lengths)\n",
+                  "Decode rate (prefill excluded, as at batch 1; in brackets: × the same engine's batch-1 rate) and, "
+                  "after the slash, new tokens per second of the whole call (prefill included). Compute bound: "
+                  f"{bound['matmul_GFLOPs']} GFLOP/s (a large float32 PyTorch matmul on the same threads) / "
+                  f"{bound['flops_per_token'] / 1e6:.0f} MFLOP per token = **{bound['tokens_per_s']} tokens/s** for "
+                  "any batch.\n",
                   "| engine/weights | " + " | ".join(f"batch {k}" for k in sizes) + " |", "|---|" + "---|" * len(sizes)]
-        for key, r in report["batched"].items():
-            cells = [f"{r['tokens_per_s'][k]} ({r['vs_batch_1'][k]}×)" if k in r["tokens_per_s"] else "–"
-                     for k in sizes]
+        for key, r in batched.items():
+            cells = [f"{r['decode_tokens_per_s'][k]} ({r['decode_vs_batch_1'][k]}×) / "
+                     f"{r['tokens_per_s_with_prefill'][k]}" if k in r["decode_tokens_per_s"] else "–" for k in sizes]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     if "quality" in report:
         lines += ["\n## Quality of the quantized weights vs fp32\n",
@@ -360,7 +388,7 @@ def main() -> int:
     parser.add_argument("--beam-offset", type=int, default=200, help="first of them (line of molecule_qa_test)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--batch-sizes", default="1,8,32,64")
     parser.add_argument("--batch-new-tokens", type=int, default=32)
     parser.add_argument("--batch-modes", default="none,bf16,int8,int4", help="quantize modes timed in batches")
     parser.add_argument("--hf-int8", action="store_true", help="also time HF generate on torch.ao dynamic int8")
@@ -387,7 +415,7 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     steps = [("speed", "batch1_decode", lambda: bench_speed(model, args, bandwidth, read_bw)),
-             ("batch", "batched", lambda: bench_batches(model, args)),
+             ("batch", "batched", lambda: bench_batches(model, args, matmul_peak())),
              ("quality", "quality", lambda: _quality(model)),
              ("compile", "compile", lambda: bench_compile(model)),
              ("beam", "beam", lambda: bench_beam(args)),

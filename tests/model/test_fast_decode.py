@@ -308,3 +308,33 @@ def test_small_preset_real_weights_greedy_equals_hf():
     assert torch.equal(ref, ours)
     ref, ours = _both(model, batch, max_new_tokens=12, num_beams=3)  # beam search on the real weights
     assert torch.equal(ref, ours)
+
+
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_prompts_run_through_float32_weights_where_bf16_products_are_slow(monkeypatch, fast_bf16):
+    """Without bf16 instructions PyTorch's bf16/int8 products are several times slower than float32 ones: the
+    prompt then runs through the LM's own float32 weights (first logits equal to the float32 model's), and its keys
+    and values are stored in the mode's bf16 cache; with them, through the mode's weights."""
+    monkeypatch.setattr(fast_decode, "bf16_matmul_is_fast", lambda: fast_bf16)
+    model = BioMedGPT.from_preset("tiny")
+    batch = _batch(model, [0, 2]).model_inputs()
+    with torch.inference_mode():
+        _prefill_checks(model, batch, fast_bf16)
+
+
+def _prefill_checks(model, batch, fast_bf16):
+    embeds = model.embed(batch["input_ids"], batch["molecules"], batch["proteins"])
+    full = fast_decode._Prefilled(fast_decode.packed_lm(model.llm, "none"), embeds, batch["attention_mask"], 4)
+    for mode in ("bf16", "int8"):
+        packed = fast_decode.packed_lm(model.llm, mode)
+        assert (packed.prefill is None) == fast_bf16
+        state = fast_decode._Prefilled(packed, embeds, batch["attention_mask"], 4)
+        assert state.cache[0][0].dtype == torch.bfloat16
+        if fast_bf16:
+            assert not torch.equal(state.logits, full.logits)
+        else:
+            assert torch.equal(state.logits, full.logits)
+            prompt = state.prompt_len
+            assert torch.equal(state.cache[-1][1][:, :, :prompt], full.cache[-1][1][:, :, :prompt].to(torch.bfloat16))
+        out = model.generate(**batch, engine="fast", quantize=mode, max_new_tokens=6, do_sample=False)
+        assert out.shape[0] == 2

