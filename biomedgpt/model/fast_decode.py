@@ -11,8 +11,10 @@ calls per token. This module keeps only what a decode step needs:
 - grouped-query attention without copying K/V (query heads packed per KV head at decode time);
 - optional weight-only int8/int4/bf16 weights (`biomedgpt.model.quantize`);
 - greedy / temperature / top-k / top-p sampling, repetition penalty, EOS and stop strings per row, on tensors;
-- for one prompt without beams, every decode step in one compiled C call (`biomedgpt.model.native`), near the
-  memory-bandwidth bound; the PyTorch step below is the reference and the fallback.
+- every decode step in one compiled C call (`biomedgpt.model.native`): for one prompt near the memory-bandwidth
+  bound, for batches and beams near the cores' FMA rate; the PyTorch step below is the reference and the fallback;
+- on CPUs without bf16 instructions, prompts of the reduced-precision modes run through the float32 weights
+  (`PackedLM.prefill`), where PyTorch's bf16 products would be several times slower.
 
 The prefill runs on `inputs_embeds` (the spliced prompt: text embeddings with molecule/protein rows written in),
 later steps on token ids, exactly like `BioMedGPT.generate` with HF. With `quantize="none"` the weights are the

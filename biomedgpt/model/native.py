@@ -1,14 +1,15 @@
-"""The batch-1 decode step in C (`native_step.c`): built on first use, loaded with ctypes, used by `fast_decode`.
+"""The decode steps in C (`native_step.c`): built on first use, loaded with ctypes, used by `fast_decode`.
 
 Why: at batch 1 the PyTorch decode step spends most of its time outside the arithmetic (~600 operator calls per
 token for SmolLM2-135M, and matrix-vector kernels that read int8/bf16 weights at about a third of the memory
-bandwidth). `native_step.c` runs a whole step (all layers and the LM head) in one call on the same weights and KV
-cache, so greedy and sampled decoding at batch 1 get close to the memory-bandwidth bound (docs/performance.md).
+bandwidth); above batch 1 its small matrix products use a fraction of the cores' FMA rate (bf16 ones far less on
+CPUs without bf16 instructions). `native_step.c` runs a whole step (all layers and the LM head) in one call on the
+same weights and KV cache: `NativeStep` for one row (close to the memory-bandwidth bound), `NativeBatchStep` for a
+batch of prompts or a prompt's beams (close to the cores' FMA rate; docs/performance.md).
 
 The library is compiled with the system C compiler (`$CC`, else `cc`) into the biomedgpt cache folder, once per
-source version; the compiler needs a few hundred milliseconds. When no compiler is available, or
-`BIOMEDGPT_NATIVE=0`, `load()` returns None and the PyTorch step runs instead: same model, same results up to
-float rounding.
+source version; the compiler needs about a second. When no compiler is available, or `BIOMEDGPT_NATIVE=0`,
+`load()` returns None and the PyTorch step runs instead: same model, same results up to float rounding.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-/* One batch-1 decode step of a Llama-family LM in a single call: all layers and the LM head, on `threads`
- * OpenMP threads (torch's thread count).
+/* Decode steps of a Llama-family LM in a single call each: all layers and the LM head, on `threads` OpenMP
+ * threads (torch's thread count). `bm_decode_step` decodes one row; `bm_decode_batch` (second half of the file)
+ * decodes several rows or a prompt's beams.
  *
  * Why this exists: at batch 1 a decode step reads every weight once, so its floor is (weight bytes) / (memory
  * bandwidth). Run through PyTorch, a step is ~20 operator calls per layer (~600 for SmolLM2-135M), each with a
@@ -26,7 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -44,6 +45,30 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch
     if ((c.u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((c.u >> 16) | ((c.u & 0xffffu) ? 0x40u : 0u));
     c.u += 0x7fffu + ((c.u >> 16) & 1u);
     return (uint16_t)(c.u >> 16);
+}
+
+/* Vectors of VL floats (GCC/Clang vector extensions: one source for AVX-512, AVX2 and other targets). TR, NV:
+ * the batched step's tile (second half of the file). */
+#if defined(__AVX512F__)
+#define VL 16 /* floats per vector */
+#define TR 12 /* weight rows per tile: TR x NV accumulators + NV inputs + 1 broadcast <= 32 registers */
+#else
+#define VL 8
+#define TR 6 /* 16 registers (AVX2): 6 x 2 accumulators + 2 inputs + 1 broadcast */
+#endif
+#define NV 2 /* batch vectors per tile */
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef uint16_t vh __attribute__((vector_size(VL * 2)));
+typedef uint32_t vu __attribute__((vector_size(VL * 4)));
+typedef int8_t vb __attribute__((vector_size(VL)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+
+static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+
+static inline float vsum(vf v) {
+    float s = 0.f;
+    for (int i = 0; i < VL; i++) s += v[i];
+    return s;
 }
 
 #ifdef __AVX512F__
@@ -76,14 +101,45 @@ static inline __m512 load_i8(const int8_t *p) {
         return s;                                                                                           \
     }
 #else
-/* Portable versions (the compiler vectorizes what it can); same results up to summation order. */
+/* Other targets (AVX2, Arm, ...): the same loop on VL-float vectors. */
+static inline vf load_f32(const float *p) { return vload(p); }
+
+#if defined(__AVX2__)
+/* (GCC turns the generic widening below into scalar code for 8-lane vectors: 6x slower int8 rows, measured.) */
+static inline vf load_bf16(const uint16_t *p) { /* the 16 bits become the high half */
+    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return (vf)_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+static inline vf load_i8(const int8_t *p) {
+    return (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+#else
+static inline vf load_bf16(const uint16_t *p) { /* the 16 bits become the high half: a bitcast */
+    vh h;
+    memcpy(&h, p, sizeof h);
+    return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+
+static inline vf load_i8(const int8_t *p) {
+    vb b;
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(__builtin_convertvector(b, vi), vf);
+}
+#endif
+
 #define DEFINE_DOT(NAME, T, LOAD, SCALAR)                                                                    \
     static float NAME(const T *w, const float *x, int n) {                                                  \
-        float a[8] = {0};                                                                                   \
+        vf a0 = {0}, a1 = a0, a2 = a0, a3 = a0;                                                             \
         int i = 0;                                                                                          \
-        for (; i + 8 <= n; i += 8)                                                                          \
-            for (int j = 0; j < 8; j++) a[j] += SCALAR(w[i + j]) * x[i + j];                                \
-        float s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));                        \
+        for (; i + 4 * VL <= n; i += 4 * VL) {                                                              \
+            a0 += LOAD(w + i) * vload(x + i);                                                               \
+            a1 += LOAD(w + i + VL) * vload(x + i + VL);                                                     \
+            a2 += LOAD(w + i + 2 * VL) * vload(x + i + 2 * VL);                                             \
+            a3 += LOAD(w + i + 3 * VL) * vload(x + i + 3 * VL);                                             \
+        }                                                                                                   \
+        for (; i + VL <= n; i += VL) a0 += LOAD(w + i) * vload(x + i);                                      \
+        float s = vsum((a0 + a1) + (a2 + a3));                                                              \
         for (; i < n; i++) s += SCALAR(w[i]) * x[i];                                                        \
         return s;                                                                                           \
     }
@@ -245,17 +301,6 @@ int bm_decode_step(const int32_t *cfg, float eps, const int64_t *layers, const i
  * is broadcast and used for NV vectors of batch rows. No horizontal sums, two input loads per TR * NV FMAs.
  * Vector extensions, so one source serves AVX-512, AVX2 and other targets.
  * ------------------------------------------------------------------------------------------------------------- */
-#if defined(__AVX512F__)
-#define VL 16 /* floats per vector */
-#define TR 12 /* weight rows per tile: TR x NV accumulators + NV inputs + 1 broadcast <= 32 registers */
-#else
-#define VL 8
-#define TR 6 /* 16 registers (AVX2): 6 x 2 accumulators + 2 inputs + 1 broadcast */
-#endif
-#define NV 2 /* batch vectors per tile */
-typedef float vf __attribute__((vector_size(VL * 4)));
-
-static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 
 /* Weight rows r0 .. r0 + tr - 1 (float32, rows of `w` n apart) times batch rows b0 .. b0 + nv * VL - 1 of xT;
  * writes (or adds) out[b, r0 + r] for the batch rows below `batch`. tr, nv: constants at every call site, so the
