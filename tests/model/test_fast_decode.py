@@ -9,6 +9,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from _decode_models import CONVERSATIONS, sharp_tiny
 
 from biomedgpt.data.collate import collate
 from biomedgpt.inference import GenerationSettings, Message, build_example, generate_batch, stream
@@ -16,26 +17,10 @@ from biomedgpt.model import fast_decode, native
 from biomedgpt.model.biomedgpt import BioMedGPT
 from biomedgpt.model.quantize import PackedLinear, quantize_int4
 
-ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
-CONVERSATIONS = [
-    [Message("user", "What is this molecule used for?", [ASPIRIN])],
-    [Message("user", "Describe this protein.", [], ["MALWMRLLPLLALLALWGPDPAAAFVNQ"])],
-    [Message("user", "hi")],
-    [Message("user", "Compare them, please, in one sentence.", ["CCO", "c1ccccc1"])],
-]
-
 
 @pytest.fixture(scope="module")
 def sharp_model() -> BioMedGPT:
-    """The tiny preset with larger random LM weights: the default init makes every logit ~0 and the greedy
-    output one repeated token, which would make equality tests pass vacuously."""
-    model = BioMedGPT.from_preset("tiny")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.llm.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3, generator=generator)
-    return model
+    return sharp_tiny()
 
 
 @pytest.fixture(params=["native", "pytorch"])

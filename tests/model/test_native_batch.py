@@ -9,39 +9,19 @@ import shutil
 
 import pytest
 import torch
+from _decode_models import CONVERSATIONS, sharp_tiny
 
 from biomedgpt.data.collate import collate
-from biomedgpt.inference import Message, build_example
+from biomedgpt.inference import build_example
 from biomedgpt.model import fast_decode, native
 from biomedgpt.model.biomedgpt import BioMedGPT
-from biomedgpt.model.quantize import quantize_int8
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="no C compiler: the native step is then off and the PyTorch step runs")
 
-ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
-CONVERSATIONS = [
-    [Message("user", "What is this molecule used for?", [ASPIRIN])],
-    [Message("user", "Describe this protein.", [], ["MALWMRLLPLLALLALWGPDPAAAFVNQ"])],
-    [Message("user", "hi")],
-    [Message("user", "Compare them, please, in one sentence.", ["CCO", "c1ccccc1"])],
-]
-
-
-def _sharp(seed: int = 0) -> BioMedGPT:
-    """The tiny preset with larger random LM weights (the default init makes every logit ~0)."""
-    model = BioMedGPT.from_preset("tiny")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.llm.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3, generator=generator)
-    return model
-
-
 @pytest.fixture(scope="module")
 def sharp_model() -> BioMedGPT:
-    return _sharp()
+    return sharp_tiny()
 
 
 def _prompts(model, rows: int):
@@ -99,15 +79,7 @@ def test_batched_step_reads_reduced_precision_weights_exactly(mode):
     """On weights exactly representable in `mode`, the native batched step on the packed weights equals the PyTorch
     step on the float32 weights (the PyTorch step of `mode` itself rounds activations to bf16). Same float32 KV
     cache in both: the `mode` cache would be bf16."""
-    model = _sharp(1)
-    with torch.no_grad():
-        for param in model.llm.parameters():
-            if param.dim() == 2:
-                if mode == "bf16":
-                    param.copy_(param.to(torch.bfloat16).float())
-                else:
-                    q, scale = quantize_int8(param)
-                    param.copy_(q.float() * scale.float()[:, None])
+    model = sharp_tiny(1, exact_in=mode)
     with torch.inference_mode():
         full, packed = fast_decode.packed_lm(model.llm, "none"), fast_decode.packed_lm(model.llm, mode)
         assert packed.layers[0].linears[0].weight.dtype == {"bf16": torch.bfloat16, "int8": torch.int8}[mode]
@@ -171,10 +143,12 @@ def test_generate_runs_batches_and_beams_through_the_native_step_and_equals_hf(s
         assert len(set(ours[0].tolist())) > 3 and torch.equal(ours, ref), (extra, ours, ref)
 
 
+@pytest.mark.parametrize("rows, mode", [(1, "none"), (11, "int8")])
 @torch.inference_mode()
-def test_any_thread_count_gives_the_same_logits(sharp_model):
-    packed = fast_decode.packed_lm(sharp_model.llm, "int8")
-    embeds, mask = _prompts(sharp_model, 11)
+def test_any_thread_count_gives_the_same_logits(sharp_model, rows, mode):
+    """The batch-1 step (one row) and the batched step split their work over the threads without changing it."""
+    packed = fast_decode.packed_lm(sharp_model.llm, mode)
+    embeds, mask = _prompts(sharp_model, rows)
     threads = torch.get_num_threads()
     results = []
     try:

@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 import torch
+from _decode_models import sharp_tiny
 
 from biomedgpt.data.collate import collate
 from biomedgpt.inference import Message, build_example
 from biomedgpt.model import fast_decode, native
 from biomedgpt.model.biomedgpt import BioMedGPT
-from biomedgpt.model.quantize import quantize_int8
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="no C compiler: the native step is then off and the PyTorch step runs")
@@ -21,20 +21,9 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
 CONVERSATION = [Message("user", "What is this molecule used for?", ["CC(=O)Oc1ccccc1C(=O)O"])]
 
 
-def _sharp(seed: int = 0) -> BioMedGPT:
-    """The tiny preset with larger random LM weights (the default init makes every logit ~0)."""
-    model = BioMedGPT.from_preset("tiny")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.llm.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3, generator=generator)
-    return model
-
-
 @pytest.fixture(scope="module")
 def sharp_model() -> BioMedGPT:
-    return _sharp()
+    return sharp_tiny()
 
 
 def _prompt(model, pad: int = 0):
@@ -77,15 +66,7 @@ def test_native_step_reads_reduced_precision_weights_exactly(mode):
     """On weights that are exactly representable in `mode`, the native step on the packed `mode` weights equals
     the native step on the float32 weights (same float32 KV cache; the float32 step is checked against PyTorch
     above). The PyTorch step of these modes rounds activations to bf16, so it cannot be the reference here."""
-    model = _sharp(1)
-    with torch.no_grad():
-        for param in model.llm.parameters():
-            if param.dim() == 2:
-                if mode == "bf16":
-                    param.copy_(param.to(torch.bfloat16).float())
-                else:
-                    q, scale = quantize_int8(param)
-                    param.copy_(q.float() * scale.float()[:, None])
+    model = sharp_tiny(1, exact_in=mode)
     with torch.inference_mode():
         _compare_weight_modes(model, mode)
 
@@ -180,27 +161,6 @@ def test_native_step_agrees_with_the_pytorch_step_in_reduced_precision(sharp_mod
     # measured: mean |difference| 0.014-0.06 per step, max up to 0.43 (one logit of 12 x 49k), logits up to 9
     assert (ours - ref).abs().mean() < 0.02 * ref.abs().max()
     assert (ours - ref).abs().max() < 0.1 * ref.abs().max()
-
-
-@torch.inference_mode()
-def test_any_thread_count_gives_the_same_logits(sharp_model):
-    packed = fast_decode.packed_lm(sharp_model.llm, "none")
-    embeds, mask = _prompt(sharp_model)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 3):
-            torch.set_num_threads(count)
-            state = fast_decode._Prefilled(packed, embeds, mask, 6)
-            assert state.use_native()
-            token, logits = state.logits.argmax(-1), []
-            for step in range(5):
-                logits.append(state.step(token, step))
-                token = logits[-1].argmax(-1)
-            results.append(torch.cat(logits))
-    finally:
-        torch.set_num_threads(threads)
-    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 
 def test_cache_positions_and_tables_are_checked_not_a_crash(sharp_model):
