@@ -492,6 +492,7 @@ class _Prefilled:
         self.next_position = positions[:, -1:] + 1  # [B, 1]
         self.prefix: SharedPrefix | None = None  # set by `expand`
         self.native = None  # set by `use_native`
+        self.native_rope: tuple[torch.Tensor, torch.Tensor] | None = None  # float32 cos/sin of every position
 
     def use_native(self) -> bool:
         """Run the decode steps through the compiled step (`biomedgpt.model.native`) when it is available and
@@ -515,8 +516,9 @@ class _Prefilled:
         except ValueError as err:
             logger.debug("decode steps in PyTorch: %s", err)
             return False
-        cos, sin = self.model.rope_tables(torch.arange(self.cos_all.shape[2])[None], dtype=torch.float32)
-        self.native_rope = cos[0, 0], sin[0, 0]
+        if self.native_rope is None:  # (the same for every rebinding after `expand` / `keep`)
+            cos, sin = self.model.rope_tables(torch.arange(self.cos_all.shape[2])[None], dtype=torch.float32)
+            self.native_rope = cos[0, 0], sin[0, 0]
         self.native_valid = None
         if self.padded and self.prefix is None:
             valid = self.key_valid[:, 0, 0].to(torch.uint8)

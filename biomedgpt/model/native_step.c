@@ -172,6 +172,41 @@ static inline void cache_set(void *c, int bf16, size_t i, float v) {
     else ((float *)c)[i] = v;
 }
 
+/* One query head's attention over up to two runs of keys in a KV cache: `n0` keys at k0/v0 (a shared prompt
+ * prefix, or the row's own cache), then `n1` at k1/v1 (the row's own cache after a prefix; n1 = 0 without one).
+ * Keys are `dim` apart (elements of float32, or bf16 when kv_bf16); valid0/valid1 (may be NULL) mark which keys
+ * may be attended. pr: scratch for n0 + n1 scores; out: [dim]. */
+static void attend(const float *q, int dim, float scale, int kv_bf16, const void *k0, const void *v0,
+                   const uint8_t *valid0, int n0, const void *k1, const void *v1, const uint8_t *valid1, int n1,
+                   float *pr, float *out) {
+    const int total_keys = n0 + n1;
+    float best = -INFINITY;
+    for (int t = 0; t < total_keys; t++) {
+        const int first = t < n0, i = first ? t : t - n0;
+        const uint8_t *valid = first ? valid0 : valid1;
+        if (valid && !valid[i]) { pr[t] = -INFINITY; continue; }
+        const void *k = first ? k0 : k1;
+        size_t base = (size_t)i * dim;
+        float s = kv_bf16 ? dot_bf16((const uint16_t *)k + base, q, dim) : dot_f32((const float *)k + base, q, dim);
+        pr[t] = s * scale;
+        if (pr[t] > best) best = pr[t];
+    }
+    float total = 0.f;
+    for (int t = 0; t < total_keys; t++) {
+        pr[t] = pr[t] == -INFINITY ? 0.f : expf(pr[t] - best);
+        total += pr[t];
+    }
+    for (int d = 0; d < dim; d++) out[d] = 0.f;
+    for (int t = 0; t < total_keys; t++) {
+        if (pr[t] == 0.f) continue;
+        const int first = t < n0;
+        const void *v = first ? v0 : v1;
+        size_t base = (size_t)(first ? t : t - n0) * dim;
+        float w = pr[t] / total;
+        for (int d = 0; d < dim; d++) out[d] += w * cache_get(v, kv_bf16, base + d);
+    }
+}
+
 /* The scratch `bm_decode_step` needs, in floats. */
 int64_t bm_scratch_floats(const int32_t *cfg) {
     int hidden = cfg[0], heads = cfg[1], kv_heads = cfg[2], dim = cfg[3], inter = cfg[4], max_len = cfg[7];
@@ -236,31 +271,11 @@ int bm_decode_step(const int32_t *cfg, float eps, const int64_t *layers, const i
 
 #pragma omp for schedule(static)
         for (int hd = 0; hd < heads; hd++) {
-            const float *q = qkv + (size_t)hd * dim;
-            int g = hd / group;
-            float *pr = probs + (size_t)hd * max_len, best = -INFINITY;
-            for (int t = 0; t < n_keys; t++) {
-                if (key_valid && !key_valid[t]) { pr[t] = -INFINITY; continue; }
-                size_t base = ((size_t)g * max_len + t) * dim;
-                float s = 0.f;
-                if (kv_bf16) s = dot_bf16((const uint16_t *)k_cache + base, q, dim);
-                else s = dot_f32((const float *)k_cache + base, q, dim);
-                pr[t] = s * att_scale;
-                if (pr[t] > best) best = pr[t];
-            }
-            float total = 0.f;
-            for (int t = 0; t < n_keys; t++) {
-                pr[t] = pr[t] == -INFINITY ? 0.f : expf(pr[t] - best);
-                total += pr[t];
-            }
-            float *o = att + (size_t)hd * dim;
-            for (int d = 0; d < dim; d++) o[d] = 0.f;
-            for (int t = 0; t < n_keys; t++) {
-                if (pr[t] == 0.f) continue;
-                float p = pr[t] / total;
-                size_t base = ((size_t)g * max_len + t) * dim;
-                for (int d = 0; d < dim; d++) o[d] += p * cache_get(v_cache, kv_bf16, base + d);
-            }
+            size_t head_base = (size_t)(hd / group) * max_len * dim; /* its KV head's keys */
+            const char *kc = (const char *)k_cache + head_base * (kv_bf16 ? 2 : 4);
+            const char *vc = (const char *)v_cache + head_base * (kv_bf16 ? 2 : 4);
+            attend(qkv + (size_t)hd * dim, dim, att_scale, kv_bf16, kc, vc, key_valid, n_keys, NULL, NULL, NULL, 0,
+                   probs + (size_t)hd * max_len, att + (size_t)hd * dim);
         }
 
 #pragma omp for schedule(static)
@@ -477,41 +492,19 @@ int bm_decode_batch(const int32_t *cfg, float eps, const int64_t *layers, const 
 #pragma omp for schedule(static)
             for (int bh = 0; bh < batch * heads; bh++) {
                 int b = bh / heads, hd = bh % heads, g = hd / group, p = b / per_prompt;
+                const size_t elem = kv_bf16 ? 2 : 4;
+                const size_t own = (b * own_stride + (size_t)g * max_len * dim) * elem;
+                const char *ok = (const char *)k_cache + own, *ov = (const char *)v_cache + own;
+                const uint8_t *own_valid = key_valid ? key_valid + (size_t)b * max_len : NULL;
                 const float *q = qkv + (size_t)b * qkv_dim + (size_t)hd * dim;
-                float *pr = probs + (size_t)bh * span, best = -INFINITY;
-                for (int t = 0; t < n_prefix; t++) {
-                    if (prefix_valid && !prefix_valid[(size_t)p * n_prefix + t]) { pr[t] = -INFINITY; continue; }
-                    size_t base = p * prefix_stride + ((size_t)g * n_prefix + t) * dim;
-                    float s = kv_bf16 ? dot_bf16((const uint16_t *)pk + base, q, dim)
-                                      : dot_f32((const float *)pk + base, q, dim);
-                    pr[t] = s * att_scale;
-                    if (pr[t] > best) best = pr[t];
-                }
-                for (int t = 0; t < n_keys; t++) {
-                    float *slot = pr + n_prefix + t;
-                    if (key_valid && !key_valid[(size_t)b * max_len + t]) { *slot = -INFINITY; continue; }
-                    size_t base = b * own_stride + ((size_t)g * max_len + t) * dim;
-                    float s = kv_bf16 ? dot_bf16((const uint16_t *)k_cache + base, q, dim)
-                                      : dot_f32((const float *)k_cache + base, q, dim);
-                    *slot = s * att_scale;
-                    if (*slot > best) best = *slot;
-                }
-                const int total_keys = n_prefix + n_keys;
-                float total = 0.f;
-                for (int t = 0; t < total_keys; t++) {
-                    pr[t] = pr[t] == -INFINITY ? 0.f : expf(pr[t] - best);
-                    total += pr[t];
-                }
-                float *o = att + (size_t)b * heads * dim + (size_t)hd * dim;
-                for (int d = 0; d < dim; d++) o[d] = 0.f;
-                for (int t = 0; t < total_keys; t++) {
-                    if (pr[t] == 0.f) continue;
-                    float w = pr[t] / total;
-                    const void *vc;
-                    size_t base;
-                    if (t < n_prefix) { vc = pv; base = p * prefix_stride + ((size_t)g * n_prefix + t) * dim; }
-                    else { vc = v_cache; base = b * own_stride + ((size_t)g * max_len + (t - n_prefix)) * dim; }
-                    for (int d = 0; d < dim; d++) o[d] += w * cache_get(vc, kv_bf16, base + d);
+                float *pr = probs + (size_t)bh * span, *o = att + (size_t)b * heads * dim + (size_t)hd * dim;
+                if (n_prefix) {
+                    const size_t shared = (p * prefix_stride + (size_t)g * n_prefix * dim) * elem;
+                    attend(q, dim, att_scale, kv_bf16, (const char *)pk + shared, (const char *)pv + shared,
+                           prefix_valid ? prefix_valid + (size_t)p * n_prefix : NULL, n_prefix, ok, ov, own_valid,
+                           n_keys, pr, o);
+                } else {
+                    attend(q, dim, att_scale, kv_bf16, ok, ov, own_valid, n_keys, NULL, NULL, NULL, 0, pr, o);
                 }
             }
 

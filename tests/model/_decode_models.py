@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
+from pathlib import Path
+
+import pytest
 import torch
 
 from biomedgpt.inference import Message
+from biomedgpt.model import native
 from biomedgpt.model.biomedgpt import BioMedGPT
 from biomedgpt.model.quantize import quantize_int8
 
@@ -33,3 +39,13 @@ def sharp_tiny(seed: int = 0, exact_in: str | None = None) -> BioMedGPT:
                     q, scale = quantize_int8(param)
                     param.copy_(q.float() * scale.float()[:, None])
     return model
+
+
+def generic_build(folder: Path) -> ctypes.CDLL:
+    """native_step.c compiled without -march=native and without AVX-512 (the code other machines run), loaded;
+    skips the test off x86."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("-mno-avx512f is an x86 flag")
+    target = folder / "portable.so"
+    native._compile(target, [f for f in native.FLAGS if f != "-march=native"] + ["-mno-avx512f"])
+    return native.configure(ctypes.CDLL(str(target)))

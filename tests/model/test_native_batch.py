@@ -3,13 +3,11 @@ padding, a prompt's beams sharing its prefix, against the PyTorch step it replac
 
 from __future__ import annotations
 
-import ctypes
-import platform
 import shutil
 
 import pytest
 import torch
-from _decode_models import CONVERSATIONS, sharp_tiny
+from _decode_models import CONVERSATIONS, generic_build, sharp_tiny
 
 from biomedgpt.data.collate import collate
 from biomedgpt.inference import build_example
@@ -193,11 +191,7 @@ def test_bad_calls_are_errors_not_crashes(sharp_model):
 @torch.inference_mode()
 def test_the_portable_build_without_avx512_computes_the_same(sharp_model, tmp_path):
     """Machines without AVX-512 compile narrower tiles (8 floats, 6 weight rows); same logits."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("-mno-avx512f is an x86 flag")
-    target = tmp_path / "portable.so"
-    native._compile(target, [f for f in native.FLAGS if f != "-march=native"] + ["-mno-avx512f"])
-    portable = native.configure(ctypes.CDLL(str(target)))
+    portable = generic_build(tmp_path)
     packed = fast_decode.packed_lm(sharp_model.llm, "bf16")
     embeds, mask = _prompts(sharp_model, 19)
     first, second = (fast_decode._Prefilled(packed, embeds, mask, 5) for _ in range(2))
