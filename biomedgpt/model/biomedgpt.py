@@ -108,9 +108,15 @@ def merge_lora(llm: nn.Module, adapter_dir: Path) -> nn.Module:
             name = key.removesuffix(".lora_A.weight").removeprefix("base_model.model.")
             if name not in modules:
                 raise ValueError(f"{adapter_dir}: LoRA weights for {name!r}, which this LM does not have")
-            weight = modules[name].weight
-            update = state[key.replace("lora_A", "lora_B")].float() @ state[key].float()
-            weight += (scale * update).to(weight.device, weight.dtype)
+            module, weight = modules[name], modules[name].weight
+            lora_b = state[key.replace("lora_A", "lora_B")].float()
+            if weight.device.type == "cpu" and weight.dtype == torch.float32:
+                # W + scale·BA into new memory: the weights often lie in a memory-mapped checkpoint, where
+                # writing in place faults and copies every page first (0.19 s vs 0.06 s for SmolLM2's q/k/v/o).
+                module.weight = nn.Parameter(torch.addmm(weight, lora_b, state[key].float(), alpha=scale),
+                                             requires_grad=weight.requires_grad)
+            else:
+                weight += (scale * (lora_b @ state[key].float())).to(weight.device, weight.dtype)
     return llm
 
 

@@ -137,9 +137,11 @@ class _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         fused = mode != "none"  # fusing copies the weights; with mode "none" the LM's own tensors are used as is
         if fused:
-            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            # bf16: convert, then concatenate (half the bytes moved; the same values as converting the concatenation)
+            narrow = (lambda w: w.to(torch.bfloat16)) if mode == "bf16" else (lambda w: w)
+            qkv = torch.cat([narrow(attn.q_proj.weight), narrow(attn.k_proj.weight), narrow(attn.v_proj.weight)])
             self.projections = [PackedLinear(qkv, mode)]
-            self.mlp_in = [PackedLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mode)]
+            self.mlp_in = [PackedLinear(torch.cat([narrow(mlp.gate_proj.weight), narrow(mlp.up_proj.weight)]), mode)]
         else:
             self.projections = [PackedLinear(p.weight) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
             self.mlp_in = [PackedLinear(mlp.gate_proj.weight), PackedLinear(mlp.up_proj.weight)]

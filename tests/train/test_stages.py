@@ -260,3 +260,10 @@ def test_merge_lora_without_peft_equals_peft(tiny_model_factory, tmp_path):
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
     rslora = merge_lora(tiny_model_factory().llm, tmp_path / "adapter")  # peft's path: scale alpha / sqrt(r)
     assert not torch.allclose(rslora.state_dict()[q], expected[q])
+
+    # a bf16 LM (merged in place, on its device) gets the same update, rounded to bf16
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))  # the plain LoRA again
+    half = merge_lora(tiny_model_factory().llm.to(torch.bfloat16), tmp_path / "adapter").state_dict()
+    assert half[q].dtype == torch.bfloat16
+    torch.testing.assert_close(half[q].float(), expected[q], atol=2e-2, rtol=2e-2)
+    assert not torch.allclose(half[q].float(), base[q], atol=1e-3)
