@@ -11,7 +11,9 @@ entity), and the "evidence" shown beside model answers (the most similar known m
   length (gaps included). Dividing by the shorter length instead would rank short unrelated sequences first.
 
 Build it from QA records (`RetrievalIndex.from_records`), query with `query_molecule` / `query_protein`, and
-save/load it as one gzipped JSON file (fingerprints stored, so loading does not re-run RDKit).
+save/load it as one gzipped file of two JSON lines (fingerprints stored, so loading does not re-run RDKit): the
+molecules first, the proteins second. Loading reads only the first line; the proteins (most of the bytes) are
+parsed on the first protein query, so a question about a molecule does not pay for them at start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 FINGERPRINT_RADIUS = 2
 FINGERPRINT_BITS = 2048
 KMER = 3  # BLAST's protein word size: short enough that remote homologs still share words
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 1: one JSON document (still read); 2: molecules line, then proteins line
 
 
 @dataclass
@@ -147,12 +149,19 @@ class _MoleculeTable:
 class _ProteinTable:
     """Proteins with a k-mer inverted index over their distinct sequences (one protein is indexed once per
     question), built on the first query: loading the shipped index is part of every `ask`'s start-up, and a
-    question about a molecule never needs it."""
+    question about a molecule never needs it. `entries` may be given as a function that reads them (from the
+    index file), called once on first use for the same reason."""
 
-    def __init__(self, entries: list[Entry], candidates: int) -> None:
-        self.entries, self.candidates = entries, candidates
+    def __init__(self, entries: list[Entry] | Callable[[], list[Entry]], candidates: int) -> None:
+        self._entries, self.candidates = entries, candidates
         self._postings: dict[int, np.ndarray] | None = None
         self._aligner = None
+
+    @property
+    def entries(self) -> list[Entry]:
+        if callable(self._entries):
+            self._entries = self._entries()
+        return self._entries
 
     def _build(self) -> None:
         sequence_ids: dict[str, int] = {}
@@ -196,8 +205,8 @@ class _ProteinTable:
 class RetrievalIndex:
     """Known molecules and proteins with annotations; query → top-k `Neighbor`s."""
 
-    def __init__(self, molecules: list[Entry], proteins: list[Entry], fingerprints: list | None = None,
-                 candidates: int = 10) -> None:
+    def __init__(self, molecules: list[Entry], proteins: list[Entry] | Callable[[], list[Entry]],
+                 fingerprints: list | None = None, candidates: int = 10) -> None:
         if fingerprints is None:
             fingerprints = [morgan_fingerprint(e.entity) for e in molecules]
         self.candidates = candidates
@@ -304,38 +313,66 @@ class RetrievalIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write the index as gzipped JSON (atomically); Morgan fingerprints are stored as base64."""
+        """Write the index (atomically) as gzipped JSON lines: the header with the molecules and their Morgan
+        fingerprints (base64), then the proteins."""
         from biomedgpt.io import atomic_path
 
-        data = {
+        head = {
             "format": INDEX_FORMAT,
             "fingerprint": {"radius": FINGERPRINT_RADIUS, "bits": FINGERPRINT_BITS},
             "candidates": self.candidates,
             "molecules": [asdict(e) for e in self.molecules],
             "fingerprints": [fp.ToBase64() for fp in self._molecules.fingerprints],
-            "proteins": [asdict(e) for e in self.proteins],
         }
         with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as handle:
-            json.dump(data, handle)
+            handle.write(json.dumps(head) + "\n")
+            handle.write(json.dumps({"proteins": [asdict(e) for e in self.proteins]}) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalIndex:
+        """Read an index file; with format 2 the proteins are read from the file on first use (see the module)."""
         from rdkit import DataStructs
 
-        try:
-            with gzip.open(path, "rt", encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, json.JSONDecodeError, EOFError) as err:
-            raise UserError(f"{path}: not a retrieval index ({err})") from None
-        if data.get("format") != INDEX_FORMAT or data.get("fingerprint", {}).get("bits") != FINGERPRINT_BITS:
+        path = Path(path)
+        head = _read_index_line(path, 0)
+        if head.get("format") not in (1, INDEX_FORMAT) or head.get("fingerprint", {}).get("bits") != FINGERPRINT_BITS:
             raise UserError(f"{path}: unsupported retrieval index format")
         fingerprints = []
-        for text in data["fingerprints"]:
+        for text in head["fingerprints"]:
             fp = DataStructs.ExplicitBitVect(FINGERPRINT_BITS)
             fp.FromBase64(text)
             fingerprints.append(fp)
-        return cls([Entry(**e) for e in data["molecules"]], [Entry(**e) for e in data["proteins"]], fingerprints,
-                   data.get("candidates", 10))
+        if head["format"] == 1:  # one document: the proteins are already parsed
+            proteins: list[Entry] | Callable[[], list[Entry]] = [Entry(**e) for e in head["proteins"]]
+        else:
+            stamp = _stamp(path)
+
+            def proteins() -> list[Entry]:
+                if _stamp(path) != stamp:
+                    raise UserError(f"{path}: the retrieval index changed on disk after it was loaded; load it again")
+                return [Entry(**e) for e in _read_index_line(path, 1)["proteins"]]
+
+        return cls([Entry(**e) for e in head["molecules"]], proteins, fingerprints, head.get("candidates", 10))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns
+
+
+def _read_index_line(path: Path, line: int) -> dict:
+    """JSON line `line` (0-based) of a gzipped index file (format 1 files hold a single line)."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            for _ in range(line):
+                handle.readline()
+            data = json.loads(handle.readline())
+    except (OSError, json.JSONDecodeError, EOFError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a retrieval index ({err})") from None
+    expected = ("molecules", "fingerprints") if line == 0 else ("proteins",)
+    if not isinstance(data, dict) or any(key not in data for key in expected):
+        raise UserError(f"{path}: not a retrieval index (line {line + 1} lacks {' / '.join(expected)})")
+    return data
 
 
 def load_index(path: str | Path) -> RetrievalIndex:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import pytest
 from rdkit import Chem, DataStructs
 from rdkit.Chem import AllChem
 
 from biomedgpt.data.records import QARecord
-from biomedgpt.errors import InvalidSequenceError, InvalidSmilesError
+from biomedgpt.errors import InvalidSequenceError, InvalidSmilesError, UserError
 from biomedgpt.retrieval import RetrievalIndex, alignment_identity, inchikey
 
 MOLECULES = {
@@ -93,6 +96,59 @@ def test_save_load_round_trip(index, tmp_path):
     for smiles in ("CCCCO", "c1ccccc1O"):
         assert loaded.query_molecule(smiles, k=5) == index.query_molecule(smiles, k=5)
     assert loaded.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
+
+
+def test_proteins_are_read_from_the_file_on_first_protein_query(index, tmp_path):
+    """Loading reads the molecules only (start-up of `ask`); the proteins come from the file when first needed,
+    and a file replaced in between is refused rather than mixed with the loaded molecules."""
+    path = tmp_path / "index.json.gz"
+    index.save(path)
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert len(lines) == 2 and "proteins" not in json.loads(lines[0]) and json.loads(lines[0])["format"] == 2
+
+    lazy = RetrievalIndex.load(path)
+    path.write_bytes(b"replaced")  # the molecules were read at load; the proteins were not
+    assert lazy.query_molecule("CCCCO", k=2) == index.query_molecule("CCCCO", k=2)
+    with pytest.raises(UserError, match="changed on disk"):
+        lazy.query_protein(PROTEIN_A[:120], k=2)
+
+    index.save(path)
+    eager = RetrievalIndex.load(path)
+    assert eager.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
+    path.unlink()  # read once: later queries do not touch the file
+    assert eager.proteins == index.proteins and len(eager) == len(index)
+
+
+def test_format_1_index_files_still_load(index, tmp_path):
+    """Indexes written before the two-line format (one JSON document) load and answer the same."""
+    path = tmp_path / "old.json.gz"
+    index.save(path)
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        head, proteins = (json.loads(line) for line in handle)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        json.dump({**head, "format": 1, **proteins}, handle)
+    old = RetrievalIndex.load(path)
+    path.unlink()
+    assert old.molecules == index.molecules and old.proteins == index.proteins
+    assert old.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
+
+
+@pytest.mark.parametrize("content", [b"not gzip", "[1, 2]", '{"format": 2}', "{}\n", None])
+def test_broken_index_files_raise_clear_errors(index, tmp_path, content):
+    path = tmp_path / "index.json.gz"
+    if content is None:  # a valid first line, a truncated second one
+        index.save(path)
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            head = handle.readline()
+        content = head + '{"proteins": ['
+    if isinstance(content, str):
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(content)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match="retrieval index"):
+        RetrievalIndex.load(path).query_protein(PROTEIN_A[:120], k=1)
 
 
 def test_a_molecule_without_inchikey_never_counts_as_a_duplicate():
