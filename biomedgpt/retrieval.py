@@ -219,6 +219,12 @@ class RetrievalIndex:
     def molecules(self) -> list[Entry]:
         return self._molecules.entries
 
+    def read_proteins(self) -> RetrievalIndex:
+        """Read the proteins now if the file was loaded without them (`load`); for a long-running server, so that a
+        broken or replaced index file fails at start-up rather than at the first question about a protein."""
+        _ = self._proteins.entries
+        return self
+
     @property
     def proteins(self) -> list[Entry]:
         return self._proteins.entries
@@ -343,20 +349,24 @@ class RetrievalIndex:
             fp.FromBase64(text)
             fingerprints.append(fp)
         if head["format"] == 1:  # one document: the proteins are already parsed
-            proteins: list[Entry] | Callable[[], list[Entry]] = [Entry(**e) for e in head["proteins"]]
+            proteins: list[Entry] | Callable[[], list[Entry]] = [Entry(**e) for e in head.get("proteins", [])]
         else:
             stamp = _stamp(path)
 
             def proteins() -> list[Entry]:
                 if _stamp(path) != stamp:
-                    raise UserError(f"{path}: the retrieval index changed on disk after it was loaded; load it again")
+                    raise UserError(f"{path}: the retrieval index changed on disk (or was removed) after it was "
+                                    "loaded; load it again")
                 return [Entry(**e) for e in _read_index_line(path, 1)["proteins"]]
 
         return cls([Entry(**e) for e in head["molecules"]], proteins, fingerprints, head.get("candidates", 10))
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    status = path.stat()
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
     return status.st_size, status.st_mtime_ns
 
 

@@ -85,12 +85,14 @@ def run_serve(args) -> int:
             max_body_bytes=args.max_body_bytes, engine=args.engine, quantize=args.quantize)
     except ValueError as err:
         raise UserError(str(err)) from None
-    index = load_index(args.index) if args.index else None  # before the model: a bad path fails fast
+    index = load_index(args.index).read_proteins() if args.index else None  # before the model: fails fast
     _quiet_transformers()
     model = load_model(args.model)
     if index is None:  # the model's own (it reads evidence in its prompts), else the default for its folder
         index_path = None if model.evidence_index is not None else model_index_path(args.model or default_model_path())
         index = load_index(index_path) if index_path else model.evidence_index
+    for loaded in {id(i): i for i in (index, model.evidence_index) if i is not None}.values():
+        loaded.read_proteins()  # a server runs for days: read the whole index file now, while it is the one loaded
     if args.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
     app = create_app(model, cfg, index)

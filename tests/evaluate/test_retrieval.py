@@ -118,6 +118,13 @@ def test_proteins_are_read_from_the_file_on_first_protein_query(index, tmp_path)
     assert eager.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
     path.unlink()  # read once: later queries do not touch the file
     assert eager.proteins == index.proteins and len(eager) == len(index)
+    with pytest.raises(UserError, match="removed"):
+        lazy.query_protein(PROTEIN_A[:120], k=2)
+
+    index.save(path)
+    server = RetrievalIndex.load(path).read_proteins()  # what `serve` does at start-up
+    path.write_bytes(b"replaced")
+    assert server.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
 
 
 def test_format_1_index_files_still_load(index, tmp_path):
