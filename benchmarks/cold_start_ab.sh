@@ -15,7 +15,7 @@ for _ in $(seq 1 "$repeats"); do
     (cd "$tree" && "$py" -m biomedgpt.cli ask --evidence 0 --max-new-tokens 1 \
       --smiles "CC(=O)OC1=CC=CC=C1C(=O)O" "What is this molecule?" >/dev/null 2>&1)
     end=$(date +%s.%N)
-    echo "$tree $(echo "$end - $start" | bc)"
+    echo "$tree $("$py" -c "print(round($end - $start, 3))")"
   done
 done | "$py" -c '
 import statistics, sys
