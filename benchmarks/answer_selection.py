@@ -29,7 +29,7 @@ import torch
 
 def read_jsonl(path: str | Path) -> dict[str, dict]:
     with open(path, encoding="utf-8") as handle:
-        return {row["id"]: row for row in map(json.loads, handle) if row}
+        return {row["id"]: row for row in (json.loads(line) for line in handle if line.strip())}
 
 
 @torch.no_grad()
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(f"{args.out}.scores.jsonl")
     cache.parent.mkdir(parents=True, exist_ok=True)
     scores = read_jsonl(cache) if cache.is_file() else {}
+    stale = [rid for rid, row in scores.items() if (row.get("model"), row.get("data")) != (args.model, args.data)]
+    if stale:
+        sys.exit(f"{cache} holds scores of another model or data file ({stale[0]}): delete it or choose another --out")
     todo = [rid for rid in differ if rid not in scores]
     start = time.perf_counter()
     if todo:
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(cache, "a", encoding="utf-8") as handle:
             for rid in tqdm(todo, desc="scoring", unit="record"):
                 pair = answer_logprobs(model, records[rid], [ours[rid]["prediction"], theirs[rid]["prediction"]])
-                scores[rid] = {"id": rid, "model": pair[0], "baseline": pair[1]}
+                scores[rid] = {"id": rid, "model": args.model, "data": args.data, "ours": pair[0], "theirs": pair[1]}
                 handle.write(json.dumps(scores[rid]) + "\n")
                 handle.flush()
 
@@ -104,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     systems = {
         "model": [ours[rid]["prediction"] for rid in ids],
         "baseline:nn": [theirs[rid]["prediction"] for rid in ids],
-        "pick by mean log-probability": pick(lambda i, s: s["baseline"][0] / s["baseline"][1]
-                                             > s["model"][0] / s["model"][1]),
-        "pick by summed log-probability": pick(lambda i, s: s["baseline"][0] > s["model"][0]),
+        "pick by mean log-probability": pick(lambda i, s: s["theirs"][0] / s["theirs"][1]
+                                             > s["ours"][0] / s["ours"][1]),
+        "pick by summed log-probability": pick(lambda i, s: s["theirs"][0] > s["ours"][0]),
         "oracle (higher sentence BLEU-4)": pick(lambda i, s: sentence["baseline"][i] > sentence["model"][i]),
     }
     results = {"records": len(ids), "differ": len(differ), "model": args.model, "data": args.data,

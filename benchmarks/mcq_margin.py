@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         answers = {row["id"]: row["answer"] for row in map(json.loads, handle)}
     with open(args.predictions, encoding="utf-8") as handle:
         rows = [row for row in map(json.loads, handle) if row.get("logprobs")]
+    if not rows:
+        raise SystemExit(f"{args.predictions}: no rows with per-letter log-probabilities (an `eval mcq` logprob run)")
     gold = [answers[row["id"]] for row in rows]
     margin = [row["logprobs"][args.positive] - row["logprobs"][args.negative] for row in rows]
     counts = collections.Counter(gold)
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pos = [m for m, g in zip(margin, gold) if g == args.positive]
     neg = [m for m, g in zip(margin, gold) if g == args.negative]
+    if not pos or not neg:
+        raise SystemExit(f"no records answered {args.positive if not pos else args.negative}: the AUC is undefined")
     pairs = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     print(f"AUC of the {args.positive}-minus-{args.negative} margin ({len(pos)} vs {len(neg)} records): "
           f"{pairs / (len(pos) * len(neg)):.3f}")

@@ -19,8 +19,10 @@ parsed on the first protein query, so a question about a molecule does not pay f
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -220,8 +222,8 @@ class RetrievalIndex:
         return self._molecules.entries
 
     def read_proteins(self) -> RetrievalIndex:
-        """Read the proteins now if the file was loaded without them (`load`); for a long-running server, so that a
-        broken or replaced index file fails at start-up rather than at the first question about a protein."""
+        """Parse the proteins now if `load` left them for later; for a long-running server, so that a broken index
+        file fails at start-up rather than at the first question about a protein."""
         _ = self._proteins.entries
         return self
 
@@ -336,11 +338,16 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalIndex:
-        """Read an index file; with format 2 the proteins are read from the file on first use (see the module)."""
+        """Read an index file. The file's compressed bytes are read once; with format 2 the proteins are parsed
+        from them on first use (see the module), so a file changed later never mixes with this index."""
         from rdkit import DataStructs
 
         path = Path(path)
-        head = _read_index_line(path, 0)
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"{path}: cannot read the retrieval index ({err})") from None
+        head = _index_line(path, raw, 0)
         if head.get("format") not in (1, INDEX_FORMAT) or head.get("fingerprint", {}).get("bits") != FINGERPRINT_BITS:
             raise UserError(f"{path}: unsupported retrieval index format")
         fingerprints = []
@@ -349,35 +356,24 @@ class RetrievalIndex:
             fp.FromBase64(text)
             fingerprints.append(fp)
         if head["format"] == 1:  # one document: the proteins are already parsed
-            proteins: list[Entry] | Callable[[], list[Entry]] = [Entry(**e) for e in head.get("proteins", [])]
+            if "proteins" not in head:
+                raise UserError(f"{path}: not a retrieval index (no proteins)")
+            proteins: list[Entry] | Callable[[], list[Entry]] = [Entry(**e) for e in head["proteins"]]
         else:
-            stamp = _stamp(path)
-
             def proteins() -> list[Entry]:
-                if _stamp(path) != stamp:
-                    raise UserError(f"{path}: the retrieval index changed on disk (or was removed) after it was "
-                                    "loaded; load it again")
-                return [Entry(**e) for e in _read_index_line(path, 1)["proteins"]]
+                return [Entry(**e) for e in _index_line(path, raw, 1)["proteins"]]
 
         return cls([Entry(**e) for e in head["molecules"]], proteins, fingerprints, head.get("candidates", 10))
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _index_line(path: Path, raw: bytes, line: int) -> dict:
+    """JSON line `line` (0-based) of a gzipped index file's bytes `raw` (format 1 files hold a single line)."""
     try:
-        status = path.stat()
-    except OSError:
-        return None
-    return status.st_size, status.st_mtime_ns
-
-
-def _read_index_line(path: Path, line: int) -> dict:
-    """JSON line `line` (0-based) of a gzipped index file (format 1 files hold a single line)."""
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
+        with gzip.open(io.BytesIO(raw), "rt", encoding="utf-8") as handle:
             for _ in range(line):
                 handle.readline()
             data = json.loads(handle.readline())
-    except (OSError, json.JSONDecodeError, EOFError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, zlib.error, ValueError) as err:  # ValueError: bad JSON or UTF-8
         raise UserError(f"{path}: not a retrieval index ({err})") from None
     expected = ("molecules", "fingerprints") if line == 0 else ("proteins",)
     if not isinstance(data, dict) or any(key not in data for key in expected):

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -102,6 +103,7 @@ def merge_lora(llm: nn.Module, adapter_dir: Path) -> nn.Module:
 
     state = load_file(adapter_dir / "adapter_model.safetensors")
     modules = dict(llm.named_modules())
+    holders = Counter(id(p) for _, p in llm.named_parameters(remove_duplicate=False))  # >1: tied (lm_head)
     scale = config["lora_alpha"] / config["r"]
     with torch.no_grad():
         for key in [k for k in state if k.endswith(".lora_A.weight")]:
@@ -110,9 +112,10 @@ def merge_lora(llm: nn.Module, adapter_dir: Path) -> nn.Module:
                 raise ValueError(f"{adapter_dir}: LoRA weights for {name!r}, which this LM does not have")
             module, weight = modules[name], modules[name].weight
             lora_b = state[key.replace("lora_A", "lora_B")].float()
-            if weight.device.type == "cpu" and weight.dtype == torch.float32:
+            if weight.device.type == "cpu" and weight.dtype == torch.float32 and holders[id(weight)] == 1:
                 # W + scale·BA into new memory: the weights often lie in a memory-mapped checkpoint, where
                 # writing in place faults and copies every page first (0.19 s vs 0.06 s for SmolLM2's q/k/v/o).
+                # A tied weight (lm_head = embeddings) is updated in place so that it stays tied, as peft does.
                 module.weight = nn.Parameter(torch.addmm(weight, lora_b, state[key].float(), alpha=scale),
                                              requires_grad=weight.requires_grad)
             else:

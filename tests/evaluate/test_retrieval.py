@@ -98,9 +98,9 @@ def test_save_load_round_trip(index, tmp_path):
     assert loaded.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
 
 
-def test_proteins_are_read_from_the_file_on_first_protein_query(index, tmp_path):
-    """Loading reads the molecules only (start-up of `ask`); the proteins come from the file when first needed,
-    and a file replaced in between is refused rather than mixed with the loaded molecules."""
+def test_proteins_are_parsed_on_first_protein_query(index, tmp_path):
+    """Loading parses the molecules only (start-up of `ask`); the proteins are parsed from the bytes read at load
+    when first needed, so the file may change or vanish in between without mixing two indexes."""
     path = tmp_path / "index.json.gz"
     index.save(path)
     with gzip.open(path, "rt", encoding="utf-8") as handle:
@@ -108,23 +108,22 @@ def test_proteins_are_read_from_the_file_on_first_protein_query(index, tmp_path)
     assert len(lines) == 2 and "proteins" not in json.loads(lines[0]) and json.loads(lines[0])["format"] == 2
 
     lazy = RetrievalIndex.load(path)
-    path.write_bytes(b"replaced")  # the molecules were read at load; the proteins were not
-    assert lazy.query_molecule("CCCCO", k=2) == index.query_molecule("CCCCO", k=2)
-    with pytest.raises(UserError, match="changed on disk"):
-        lazy.query_protein(PROTEIN_A[:120], k=2)
-
-    index.save(path)
-    eager = RetrievalIndex.load(path)
-    assert eager.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
-    path.unlink()  # read once: later queries do not touch the file
-    assert eager.proteins == index.proteins and len(eager) == len(index)
-    with pytest.raises(UserError, match="removed"):
-        lazy.query_protein(PROTEIN_A[:120], k=2)
-
-    index.save(path)
-    server = RetrievalIndex.load(path).read_proteins()  # what `serve` does at start-up
     path.write_bytes(b"replaced")
-    assert server.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
+    assert lazy.query_molecule("CCCCO", k=2) == index.query_molecule("CCCCO", k=2)
+    assert lazy.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
+    path.unlink()
+    assert lazy.proteins == index.proteins and len(lazy) == len(index)
+
+    # a broken protein line: loading and molecule questions work (nothing parsed it), the first protein
+    # question (or `read_proteins`, what `serve` calls at start-up) fails with a clear error
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write(lines[0] + "\n" + '{"proteins": [')
+    broken = RetrievalIndex.load(path)
+    assert broken.query_molecule("CCCCO", k=2) == index.query_molecule("CCCCO", k=2)
+    with pytest.raises(UserError, match="not a retrieval index"):
+        broken.query_protein(PROTEIN_A[:120], k=2)
+    with pytest.raises(UserError, match="not a retrieval index"):
+        RetrievalIndex.load(path).read_proteins()
 
 
 def test_format_1_index_files_still_load(index, tmp_path):
@@ -141,14 +140,19 @@ def test_format_1_index_files_still_load(index, tmp_path):
     assert old.query_protein(PROTEIN_A[:120], k=2) == index.query_protein(PROTEIN_A[:120], k=2)
 
 
-@pytest.mark.parametrize("content", [b"not gzip", "[1, 2]", '{"format": 2}', "{}\n", None])
+@pytest.mark.parametrize("content", [b"not gzip", "[1, 2]", '{"format": 2}', "{}\n", None, "corrupt", "no-line-2"])
 def test_broken_index_files_raise_clear_errors(index, tmp_path, content):
     path = tmp_path / "index.json.gz"
-    if content is None:  # a valid first line, a truncated second one
+    if content is None or content == "no-line-2":  # a valid first line, a truncated or missing second one
         index.save(path)
         with gzip.open(path, "rt", encoding="utf-8") as handle:
             head = handle.readline()
-        content = head + '{"proteins": ['
+        content = head + ('{"proteins": [' if content is None else "")
+    if content == "corrupt":  # damaged deflate data (zlib.error, not an OSError)
+        index.save(path)
+        data = bytearray(path.read_bytes())
+        data[40:400] = bytes(range(256)) + bytes(104)
+        content = bytes(data)
     if isinstance(content, str):
         with gzip.open(path, "wt", encoding="utf-8") as handle:
             handle.write(content)

@@ -267,3 +267,25 @@ def test_merge_lora_without_peft_equals_peft(tiny_model_factory, tmp_path):
     assert half[q].dtype == torch.bfloat16
     torch.testing.assert_close(half[q].float(), expected[q], atol=2e-2, rtol=2e-2)
     assert not torch.allclose(half[q].float(), base[q], atol=1e-3)
+
+
+def test_merge_lora_keeps_tied_weights_tied(tiny_model_factory, tmp_path):
+    """An adapter on a tied LM head (the tiny preset ties it to the embeddings, as SmolLM2 does) is merged as peft
+    merges it: both stay one tensor, so every decode path sees the same merged weights."""
+    from peft import LoraConfig, get_peft_model
+
+    from biomedgpt.model.biomedgpt import merge_lora
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"])
+    adapted = get_peft_model(tiny_model_factory().llm, lora)
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    adapted.save_pretrained(tmp_path / "adapter")
+    expected = adapted.merge_and_unload().state_dict()
+    llm = merge_lora(tiny_model_factory().llm, tmp_path / "adapter")
+    assert llm.lm_head.weight is llm.get_input_embeddings().weight
+    merged = llm.state_dict()
+    assert not torch.equal(merged["lm_head.weight"], tiny_model_factory().llm.state_dict()["lm_head.weight"])
+    for key in ("lm_head.weight", "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"):
+        assert torch.allclose(merged[key], expected[key], atol=1e-6), key
