@@ -3,13 +3,14 @@
 A model that answers "yes" to every PubMedQA question may still rank the questions: its yes-minus-no
 log-probability margin could be larger on the questions whose answer is yes. If it were, recalibrating the letter
 scores (e.g. contextual calibration, a threshold) could lift accuracy above the majority class. This reads the
-per-letter log-probabilities that `biomedgpt eval mcq` writes to predictions.jsonl and reports, for one letter
+per-letter log-probabilities (and the reference letter) that `biomedgpt eval mcq` writes to predictions.jsonl and
+reports, for one letter
 against another, the AUC of the margin and the accuracy of the best threshold *chosen on the evaluated records
 themselves* (an upper bound for any such recalibration, not a result to report as the model's accuracy).
 
     .venv/bin/python benchmarks/mcq_margin.py \
         --predictions benchmarks/results/session9/pubmedqa-test-500--biomedgpt-small.predictions.jsonl \
-        --data data/build/pubmedqa_test.jsonl --positive A --negative B
+        --positive A --negative B
 """
 
 from __future__ import annotations
@@ -22,18 +23,15 @@ import json
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--predictions", required=True, help="predictions.jsonl of an `eval mcq` logprob run")
-    parser.add_argument("--data", required=True, help="the evaluated records (for their answers)")
     parser.add_argument("--positive", default="A", help="letter on the high side of the margin (default A)")
     parser.add_argument("--negative", default="B", help="letter on the low side (default B)")
     args = parser.parse_args(argv)
 
-    with open(args.data, encoding="utf-8") as handle:
-        answers = {row["id"]: row["answer"] for row in map(json.loads, handle)}
     with open(args.predictions, encoding="utf-8") as handle:
         rows = [row for row in map(json.loads, handle) if row.get("logprobs")]
     if not rows:
         raise SystemExit(f"{args.predictions}: no rows with per-letter log-probabilities (an `eval mcq` logprob run)")
-    gold = [answers[row["id"]] for row in rows]
+    gold = [row["reference"] for row in rows]
     margin = [row["logprobs"][args.positive] - row["logprobs"][args.negative] for row in rows]
     counts = collections.Counter(gold)
     print(f"{len(rows)} records; answers: " + ", ".join(f"{k} {v / len(rows):.3f}" for k, v in sorted(counts.items())))

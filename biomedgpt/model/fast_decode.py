@@ -137,11 +137,12 @@ class _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         fused = mode != "none"  # fusing copies the weights; with mode "none" the LM's own tensors are used as is
         if fused:
-            # bf16: convert, then concatenate (half the bytes moved; the same values as converting the concatenation)
-            narrow = (lambda w: w.to(torch.bfloat16)) if mode == "bf16" else (lambda w: w)
-            qkv = torch.cat([narrow(attn.q_proj.weight), narrow(attn.k_proj.weight), narrow(attn.v_proj.weight)])
-            self.projections = [PackedLinear(qkv, mode)]
-            self.mlp_in = [PackedLinear(torch.cat([narrow(mlp.gate_proj.weight), narrow(mlp.up_proj.weight)]), mode)]
+            def fuse(*linears) -> PackedLinear:  # bf16: convert, then concatenate (half the bytes moved, same values)
+                return PackedLinear(torch.cat([m.weight.to(torch.bfloat16) if mode == "bf16" else m.weight
+                                               for m in linears]), mode)
+
+            self.projections = [fuse(attn.q_proj, attn.k_proj, attn.v_proj)]
+            self.mlp_in = [fuse(mlp.gate_proj, mlp.up_proj)]
         else:
             self.projections = [PackedLinear(p.weight) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
             self.mlp_in = [PackedLinear(mlp.gate_proj.weight), PackedLinear(mlp.up_proj.weight)]

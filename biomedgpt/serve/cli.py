@@ -91,8 +91,9 @@ def run_serve(args) -> int:
     if index is None:  # the model's own (it reads evidence in its prompts), else the default for its folder
         index_path = None if model.evidence_index is not None else model_index_path(args.model or default_model_path())
         index = load_index(index_path) if index_path else model.evidence_index
-    for loaded in {id(i): i for i in (index, model.evidence_index) if i is not None}.values():
-        loaded.read_proteins()  # a broken index file fails now, not at the first protein question hours later
+    for loaded in (index, model.evidence_index):  # a broken file fails now, not at the first protein question
+        if loaded is not None:
+            loaded.read_proteins()  # (a no-op for an index already read)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
     app = create_app(model, cfg, index)
