@@ -27,6 +27,23 @@ def test_ask_on_tiny_model(tiny_model_dir):
     assert "Traceback" not in result.stderr
 
 
+def test_ask_skips_the_interpreter_teardown(tiny_model_dir):
+    """`ask` flushes its output and ends with `os._exit` (Python's teardown after `import torch` costs ~0.7 s on a
+    2-core CPU): the answer still reaches a pipe, exit handlers do not run, the status is kept."""
+    code = ("import atexit, sys; atexit.register(lambda: print('TEARDOWN', flush=True)); "
+            "from biomedgpt.cli import main; sys.exit(main())")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    common = ["--model", str(tiny_model_dir), "--max-new-tokens", "4", "--evidence", "0"]
+    result = subprocess.run([sys.executable, "-c", code, "ask", *common, "--timing", "What is this?"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "TEARDOWN" not in result.stdout
+    assert result.stdout.endswith("\n") and "[load " in result.stderr  # both streams flushed
+    failed = subprocess.run([sys.executable, "-c", code, "ask", *common, "--smiles", "C1CC", "?"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert failed.returncode == 2 and "invalid SMILES" in failed.stderr and "TEARDOWN" not in failed.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -231,9 +231,16 @@ def dispatch(model: nn.Module, device_map: dict[str, Any] | None) -> None:
         dispatch_model(llm, device_map=llm_map)
 
 
-def _load(model, sources, device_map, max_memory, drop=(), strict=True, skip=()) -> tuple[dict | None, LoadReport]:
+def _load(model, sources, device_map, max_memory, drop=(), strict=True, skip=(),
+          before_dispatch: Callable[[dict | None], None] | None = None) -> tuple[dict | None, LoadReport]:
+    """Resolve the map, stream the weights in, run `before_dispatch(resolved map)`, add the dispatch hooks.
+
+    Whatever edits weights (merging a LoRA adapter) belongs in `before_dispatch`: dispatching moves the weights
+    of layers offloaded to the CPU into accelerate's hooks, where a later edit of `module.weight` is lost."""
     resolved = resolve_device_map(model, device_map, max_memory)
     report = load_weights(model, sources, device_map=resolved, drop=drop, strict=strict, skip=skip)
+    if before_dispatch is not None:
+        before_dispatch(resolved)
     dispatch(model, resolved)
     return resolved, report
 
@@ -413,11 +420,15 @@ def load_model_folder(directory: str | Path, dtype: str | torch.dtype | None = N
         sources.append(Source([directory / WEIGHTS_NAME]))
     model = build_skeleton(config, llm, tokenizer)
     skip = ("llm.",) if config.lm.arch is not None else ()
-    resolved, report = _load(model, sources, device_map, max_memory, drop=OPENBIOMED_DROP, skip=skip)
-    if skip and resolved:
-        model.llm.to(_lookup(resolved, "llm"))
-    if config.lm.lora is not None:  # merged after streaming: the adapter's weights land on each layer's device
-        model.llm = merge_lora(model.llm, directory / config.lm.lora)
+
+    def place_and_merge(resolved: dict | None) -> None:
+        if skip and resolved:
+            model.llm.to(_lookup(resolved, "llm"))
+        if config.lm.lora is not None:  # merged after streaming: the adapter's weights land on each layer's device
+            model.llm = merge_lora(model.llm, directory / config.lm.lora)
+
+    _, report = _load(model, sources, device_map, max_memory, drop=OPENBIOMED_DROP, skip=skip,
+                      before_dispatch=place_and_merge)
     model.lora_adapter = directory / config.lm.lora if config.lm.lora else None
     model.lm_modified = config.lm.name_or_path == LM_SUBDIR
     return model.eval(), report

@@ -160,3 +160,32 @@ def lm_logits(llm) -> torch.Tensor:
     ids = torch.tensor([[1, 40, 41, 42, 99, 250, 7]])
     with torch.no_grad():
         return llm(input_ids=ids).logits.float()
+
+
+def write_lora_model_folder(model, directory: Path) -> Path:
+    """`directory/folder`: a model folder that references `model`'s LM (saved to `directory/base-lm`), with a real
+    peft LoRA adapter over it whose B is non-zero (a fresh adapter is a no-op), and `model`'s encoders and
+    adapters."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    from biomedgpt.model.biomedgpt import LORA_SUBDIR
+
+    base, folder = directory / "base-lm", directory / "folder"
+    model.llm.save_pretrained(base)
+    peft_model = get_peft_model(copy.deepcopy(model.llm), LoraConfig(r=4, lora_alpha=8,
+                                                                     target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.05)
+    peft_model.save_pretrained(folder / LORA_SUBDIR)
+    config = copy.deepcopy(model.config)
+    config.lm = LMConfig(name_or_path=str(base), tokenizer="bytes", lora=LORA_SUBDIR)
+    config.save(folder / "config.json")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("llm.")},
+              str(folder / "model.safetensors"))
+    return folder

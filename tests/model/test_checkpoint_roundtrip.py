@@ -23,6 +23,24 @@ def test_round_trip_identical_logits(tiny_model, tiny_model_dir):
     assert (tiny_model_dir / "SHA256SUMS").is_file() and (tiny_model_dir / "lm" / "config.json").is_file()
 
 
+def test_loading_skips_only_the_random_fills_it_overwrites(tiny_model, tmp_path):
+    """`from_pretrained` builds the encoders and adapters without random values when the folder's weights file
+    overwrites them all (~0.1 s of a cold start); without that file they are drawn as `from_config` draws them,
+    and torch's init functions are themselves again afterwards."""
+    fills = {name: getattr(torch.nn.init, name) for name in ("uniform_", "normal_", "kaiming_uniform_")}
+    tiny_model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "SHA256SUMS").unlink()
+    fresh = BioMedGPT.from_pretrained(tmp_path)
+    expected = BioMedGPT.from_config(BioMedGPTConfig.load(tmp_path / "config.json"), base_dir=tmp_path)
+    parts = ("mol_structure_encoder", "proj_mol", "prot_structure_encoder", "proj_prot")
+    for name, tensor in expected.state_dict().items():
+        if name.startswith(parts):
+            assert torch.equal(fresh.state_dict()[name], tensor), name
+    assert {name: getattr(torch.nn.init, name) for name in fills} == fills
+    assert torch.nn.init.uniform_(torch.zeros(64)).abs().sum() > 0
+
+
 def test_corrupted_weights_are_refused(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     with open(tmp_path / "model.safetensors", "r+b") as handle:

@@ -13,6 +13,7 @@ import importlib.util
 
 import pytest
 import torch
+from _published_layouts import write_lora_model_folder
 
 from biomedgpt.data.collate import collate
 from biomedgpt.inference import GenerationSettings, Message, ask, build_example, load_model
@@ -96,25 +97,11 @@ def test_streamed_bf16_load_onto_the_gpu(tiny_model_dir, featurize, device_map):
 def test_load_model_puts_a_lora_model_on_the_gpu_and_answers(tiny_model, tmp_path, featurize):
     """`load_model` (what `ask` and `serve` use) streams a base LM + `lora/` folder onto the GPU with a device
     map and merges the adapter there; its answers are the CPU model's answers."""
-    from biomedgpt.config import LMConfig
-    from biomedgpt.model.biomedgpt import LORA_SUBDIR
-
-    base = tmp_path / "base-lm"
-    tiny_model.llm.save_pretrained(base)
-    config = copy.deepcopy(tiny_model.config)
-    config.lm = LMConfig(name_or_path=str(base), tokenizer="bytes", lora=LORA_SUBDIR)
-    adapter = tmp_path / "folder" / LORA_SUBDIR
-    _write_lora(tiny_model, adapter)
-    config.save(tmp_path / "folder" / "config.json")
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items() if not k.startswith("llm.")},
-              str(tmp_path / "folder" / "model.safetensors"))
-
-    cpu = BioMedGPT.from_pretrained(tmp_path / "folder", verify=False)
+    folder = write_lora_model_folder(tiny_model, tmp_path)
+    cpu = BioMedGPT.from_pretrained(folder, verify=False)
     assert not torch.equal(cpu.llm.model.layers[0].self_attn.q_proj.weight,
                            tiny_model.llm.model.layers[0].self_attn.q_proj.weight), "the adapter was not merged"
-    gpu = load_model(str(tmp_path / "folder"))
+    gpu = load_model(str(folder))
     assert gpu.device.type == "cuda"
     batch = _inputs(cpu)
     mask = batch.attention_mask.bool()
@@ -124,18 +111,20 @@ def test_load_model_puts_a_lora_model_on_the_gpu_and_answers(tiny_model, tmp_pat
         assert ask(gpu, question, smiles, proteins, settings) == ask(cpu, question, smiles, proteins, settings)
 
 
-def _write_lora(model: BioMedGPT, directory) -> None:
-    """A real peft LoRA adapter over the model's LM with non-zero B (a fresh adapter is a no-op)."""
-    from peft import LoraConfig, get_peft_model
-
-    peft_model = get_peft_model(copy.deepcopy(model.llm), LoraConfig(r=4, lora_alpha=8,
-                                                                     target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.05)
-    peft_model.save_pretrained(directory)
+@needs_cuda
+def test_a_lora_reaches_layers_offloaded_to_the_cpu(tiny_model, tmp_path, featurize):
+    """A device map that keeps a decoder layer on the CPU (accelerate then moves its weights into an offload hook,
+    out of `module.weight`): the adapter is merged before dispatch, so that layer computes with merged weights."""
+    folder = write_lora_model_folder(tiny_model, tmp_path)
+    cpu = BioMedGPT.from_pretrained(folder, verify=False)
+    layers = len(cpu.llm.model.layers)
+    device_map = {"llm.model.embed_tokens": 0, "llm.model.rotary_emb": 0, "llm.model.norm": 0, "llm.lm_head": 0,
+                  **{f"llm.model.layers.{i}": "cpu" if i == 0 else 0 for i in range(layers)},
+                  **{part: 0 for part in ("mol_structure_encoder", "proj_mol", "prot_structure_encoder", "proj_prot")}}
+    offloaded = BioMedGPT.from_pretrained(folder, verify=False, dtype="float32", device_map=device_map)
+    batch = _inputs(cpu)
+    mask = batch.attention_mask.bool()
+    assert torch.allclose(_logits(cpu, batch)[mask], _logits(offloaded, batch)[mask], atol=1e-4, rtol=1e-4)
 
 
 @needs_cuda

@@ -6,7 +6,15 @@ import pickle
 
 import pytest
 import torch
-from _published_layouts import LM_ARCH, PROTEIN, lm_logits, reference_lm, write_esm_folder, write_lm_folder
+from _published_layouts import (
+    LM_ARCH,
+    PROTEIN,
+    lm_logits,
+    reference_lm,
+    write_esm_folder,
+    write_lm_folder,
+    write_lora_model_folder,
+)
 
 from biomedgpt.errors import UserError
 from biomedgpt.model.checkpoint import checkpoint_files, load_pickle_state_dict, verify_sha256
@@ -158,3 +166,26 @@ def test_legacy_torch_save_format_is_read_whole_with_a_warning(tmp_path, caplog)
     torch.save({"w": torch.ones(3)}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
     assert torch.equal(load_pickle_state_dict(tmp_path / "old.pth")["w"], torch.ones(3))
     assert "legacy torch.save format" in caplog.text
+
+
+def test_a_lora_is_merged_before_the_dispatch_hooks(tiny_model, tmp_path, monkeypatch):
+    """The streamed loader merges a model folder's LoRA adapter before accelerate's dispatch: dispatching moves the
+    weights of CPU-offloaded layers (GPU maps) into hooks, where merging afterwards would silently miss them. The
+    GPU case itself is `test_cuda_paths.py::test_a_lora_reaches_layers_offloaded_to_the_cpu`; here the order."""
+    from biomedgpt.model import published
+    from biomedgpt.model.biomedgpt import BioMedGPT
+
+    folder = write_lora_model_folder(tiny_model, tmp_path)
+    merged = BioMedGPT.from_pretrained(folder, verify=False).llm.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(merged, tiny_model.llm.model.layers[0].self_attn.q_proj.weight)
+    seen = []
+    dispatch = published.dispatch
+
+    def recording_dispatch(model, device_map):
+        seen.append(model.llm.model.layers[0].self_attn.q_proj.weight.detach().clone())
+        dispatch(model, device_map)
+
+    monkeypatch.setattr(published, "dispatch", recording_dispatch)
+    streamed = BioMedGPT.from_pretrained(folder, verify=False, dtype="float32", device_map="cpu")
+    assert len(seen) == 1 and torch.allclose(seen[0], merged, atol=1e-6)
+    assert torch.allclose(streamed.llm.model.layers[0].self_attn.q_proj.weight, merged, atol=1e-6)
