@@ -22,6 +22,9 @@ PROTEIN_TOKEN_ID = -300
 
 IGNORE_INDEX = -100
 
+# The training stages, in pipeline order (`biomedgpt train STAGE`; configs in biomedgpt.train.config).
+STAGE_NAMES = ("encoder-molecule", "encoder-protein", "lm", "align", "finetune")
+
 # The reference (OpenBioMed) conversation template, used when the LM has no chat template of its own.
 REFERENCE_SYSTEM_PROMPT = (
     "You are working as an excellent assistant in chemistry and molecule discovery. "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from biomedgpt.train.config import STAGE_NAMES
+from biomedgpt.constants import STAGE_NAMES
 
 
 def register(subparsers) -> None:

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from biomedgpt.constants import STAGE_NAMES
 from biomedgpt.errors import UserError
-
-STAGE_NAMES = ("encoder-molecule", "encoder-protein", "lm", "align", "finetune")
 
 
 class ConfigError(UserError):
