@@ -13,9 +13,11 @@ This machine's timings drift by ±0.5 s between runs, so an A/B comparison must 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,16 +26,21 @@ QUESTION = ["ask", "--evidence", "0", "--max-new-tokens", "1", "--smiles", "CC(=
 
 
 def cold_start(tree: Path, python: str) -> tuple[float, float]:
-    """(seconds to the first byte of the answer, seconds to the process's end) of one new process."""
-    start = time.perf_counter()
-    process = subprocess.Popen([python, "-m", "biomedgpt.cli", *QUESTION], cwd=tree, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    first = process.stdout.read(1)
-    first_at = time.perf_counter() - start
-    rest, errors = process.communicate()
-    end_at = time.perf_counter() - start
-    if process.returncode != 0 or not first:
-        raise SystemExit(f"biomedgpt ask failed in {tree} (exit {process.returncode}):\n{errors.decode()}")
+    """(seconds to the first byte of the answer, seconds to the process's end) of one new process. Its stdout is
+    unbuffered, so the first byte is timed when the answer is printed, not when a buffer is flushed; its stderr
+    goes to a file (a pipe nobody reads could fill up and stall it)."""
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        process = subprocess.Popen([python, "-m", "biomedgpt.cli", *QUESTION], cwd=tree, stdout=subprocess.PIPE,
+                                   stderr=errors, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        first = process.stdout.read(1)
+        first_at = time.perf_counter() - start
+        process.communicate()
+        end_at = time.perf_counter() - start
+        if process.returncode != 0 or not first:
+            errors.seek(0)
+            raise SystemExit(f"biomedgpt ask failed in {tree} (exit {process.returncode}):\n"
+                             f"{errors.read().decode(errors='replace')}")
     return first_at, end_at
 
 

@@ -1,7 +1,5 @@
 """`python -m biomedgpt` is the same as the `biomedgpt` command."""
 
-import sys
+from biomedgpt.cli import entry
 
-from biomedgpt.cli import main
-
-sys.exit(main())
+entry()

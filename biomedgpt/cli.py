@@ -40,13 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; `argv` None reads the process's command line (and lets commands that opt in end the
-    process at once, see `_exit_now`), a list runs in-process and returns the exit status (tests)."""
+    """Run one command in this process and return its exit status (what tests and other Python code call;
+    `argv` None reads the process's command line)."""
+    return _run(argv)[0]
+
+
+def entry() -> None:
+    """The `biomedgpt` program (console script, `python -m biomedgpt`): `main`, then the process ends. Commands
+    that set `exit_at_once` end it with `_exit_now`, unless a profiler or tracer (cProfile, coverage) is attached,
+    which writes its data at the normal exit."""
+    status, args = _run(None)
+    if getattr(args, "exit_at_once", False) and sys.getprofile() is None and sys.gettrace() is None:
+        _exit_now(status)
+    sys.exit(status)
+
+
+def _run(argv: Sequence[str] | None) -> tuple[int, argparse.Namespace]:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 0
+        return 0, args
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -58,24 +72,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         status = 130
-    if argv is None and getattr(args, "exit_at_once", False):
-        _exit_now(status)
-    return status
+    return status, args
 
 
 def _exit_now(status: int) -> None:
     """End the process without Python's interpreter teardown, which after `import torch` takes 0.5-0.8 s on a
     2-core CPU (measured: a bare `import torch` script, 0.55-0.85 s from its last line to the process's end;
-    0.09 s with this). Only for commands that set `exit_at_once` (`ask`, `chat`): they write nothing but
-    stdout and stderr, which are flushed here, and hold no files or workers that need closing."""
+    0.09 s with this). Only for commands that set `exit_at_once` (`ask`, `chat`), whose every write to disk (the
+    compiled decode step, the converted LM, downloads) has finished, atomically, before the command returns and
+    which leave no thread behind that writes: only stdout and stderr are flushed here. A command that starts
+    background writers must not set it."""
     logging.shutdown()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:  # the reader went away (`biomedgpt ask ... | head -1`): nothing left to tell it
-        status = status or 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except OSError:  # e.g. the reader went away (`biomedgpt ask ... | head -c 1`); Python exits 120 then
+            status = status or 120
     os._exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import shutil
+import threading
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -165,34 +166,46 @@ _RANDOM_FILLS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "ka
                  "xavier_normal_", "orthogonal_")
 
 
+_NO_INIT_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _no_random_init():
-    """`torch.nn.init`'s random fills become no-ops while modules are built whose parameters a checkpoint then
-    overwrites (as transformers' `no_init_weights` does): drawing them for the default model's encoders and
-    adapters took ~0.1 s of every cold start. Not thread-safe, like the patch it is modelled on."""
-    saved = {name: getattr(nn.init, name) for name in _RANDOM_FILLS}
-    try:
-        for name in _RANDOM_FILLS:
-            setattr(nn.init, name, _keep)
-        yield
-    finally:
-        for name, fill in saved.items():
-            setattr(nn.init, name, fill)
+    """`torch.nn.init`'s random fills become no-ops while our own modules are built whose parameters a checkpoint
+    then overwrites (as transformers' `no_init_weights` does): drawing them for the default model's encoders and
+    adapters took ~0.1 s of every cold start.
+
+    Only around modules of this package: transformers saves `torch.nn.init`'s functions when it is first imported
+    and would keep the no-ops for good if that import happened inside. One patch at a time (a lock: a second
+    thread waits rather than saving the no-ops as the originals); a module another thread builds meanwhile without
+    this context would still get no random values, so load models before starting threads that build others."""
+    with _NO_INIT_LOCK:
+        saved = {name: getattr(nn.init, name) for name in _RANDOM_FILLS}
+        try:
+            for name in _RANDOM_FILLS:
+                setattr(nn.init, name, _keep)
+            yield
+        finally:
+            for name, fill in saved.items():
+                setattr(nn.init, name, fill)
 
 
 def _keep(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return tensor
 
 
-def build_protein_encoder(config: BioMedGPTConfig, base_dir: str | Path | None = None, lite: bool = False):
-    """The ESM-2 encoder of `config.protein`; with `lite` (and an inline config) `LiteEsm`, no transformers."""
+def build_protein_encoder(config: BioMedGPTConfig, base_dir: str | Path | None = None, lite: bool = False,
+                          random_init: bool = True):
+    """The ESM-2 encoder of `config.protein`; with `lite` (and an inline config) `LiteEsm`, no transformers.
+    `random_init=False`: a `LiteEsm`'s parameters are left uninitialised (the caller loads them all)."""
     cfg = config.protein
     if lite:
         from biomedgpt.model.lite import LiteEsm, lite_esm_reason
 
         reason = lite_esm_reason(cfg.arch)
         if reason is None:
-            return LiteEsm(cfg.arch)
+            with contextlib.nullcontext() if random_init else _no_random_init():
+                return LiteEsm(cfg.arch)
         logger.debug("building the protein encoder with transformers (%s)", reason)
     from transformers import EsmConfig, EsmModel
 
@@ -230,13 +243,14 @@ class BioMedGPT(nn.Module):
                     random_init: bool = True) -> BioMedGPT:
         """Build the model; the LM (and a named ESM) load their weights, the rest starts random, seeded by
         `config.seed` (a random LM too), without touching the caller's global RNG state. `lite`: see
-        `from_pretrained`. `random_init=False` leaves the encoders' and adapters' parameters uninitialised, for a
-        caller that overwrites every one of them from a checkpoint (`from_pretrained`)."""
+        `from_pretrained`. `random_init=False` leaves the parameters of the GIN, the adapters and a `LiteEsm`
+        uninitialised (a transformers ESM initialises itself), for a caller that overwrites every one of them from
+        a checkpoint (`from_pretrained`)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             llm, tokenizer = build_lm(config, base_dir, lite)
+            protein_encoder = build_protein_encoder(config, base_dir, lite, random_init) if config.protein else None
             with contextlib.nullcontext() if random_init else _no_random_init():
-                protein_encoder = build_protein_encoder(config, base_dir, lite) if config.protein else None
                 model = cls(config, llm, tokenizer, protein_encoder)
         dtype = _torch_dtype(config.lm.dtype)
         for part in (model.mol_structure_encoder, model.proj_mol, model.prot_structure_encoder, model.proj_prot):

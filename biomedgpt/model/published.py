@@ -422,7 +422,7 @@ def load_model_folder(directory: str | Path, dtype: str | torch.dtype | None = N
     skip = ("llm.",) if config.lm.arch is not None else ()
 
     def place_and_merge(resolved: dict | None) -> None:
-        if skip and resolved:
+        if skip and resolved and len({str(d) for d in resolved.values()}) == 1:  # (several: dispatch places it)
             model.llm.to(_lookup(resolved, "llm"))
         if config.lm.lora is not None:  # merged after streaming: the adapter's weights land on each layer's device
             model.llm = merge_lora(model.llm, directory / config.lm.lora)

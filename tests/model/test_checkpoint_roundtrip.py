@@ -1,5 +1,9 @@
 """save_pretrained → from_pretrained gives identical logits; GraphMVP-layout state dicts load strictly."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -23,22 +27,50 @@ def test_round_trip_identical_logits(tiny_model, tiny_model_dir):
     assert (tiny_model_dir / "SHA256SUMS").is_file() and (tiny_model_dir / "lm" / "config.json").is_file()
 
 
-def test_loading_skips_only_the_random_fills_it_overwrites(tiny_model, tmp_path):
-    """`from_pretrained` builds the encoders and adapters without random values when the folder's weights file
-    overwrites them all (~0.1 s of a cold start); without that file they are drawn as `from_config` draws them,
-    and torch's init functions are themselves again afterwards."""
-    fills = {name: getattr(torch.nn.init, name) for name in ("uniform_", "normal_", "kaiming_uniform_")}
+def test_loading_skips_only_the_random_fills_it_overwrites(tiny_model, tiny_model_dir, tmp_path, monkeypatch):
+    """`from_pretrained` builds the GIN, the adapters and a `LiteEsm` without random values when the folder's
+    weights file overwrites them all (~0.1 s of a cold start); without that file they are drawn as `from_config`
+    draws them; torch's init functions are themselves again afterwards."""
+    calls = []
+    real = torch.nn.init.kaiming_uniform_
+
+    def counting(tensor, *args, **kwargs):
+        calls.append(tuple(tensor.shape))
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", counting)
+    loaded = BioMedGPT.from_pretrained(tiny_model_dir, lite=True)
+    assert calls == [] and torch.equal(_logits(loaded), _logits(tiny_model))
+    assert torch.nn.init.kaiming_uniform_ is counting
     tiny_model.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     (tmp_path / "SHA256SUMS").unlink()
-    fresh = BioMedGPT.from_pretrained(tmp_path)
-    expected = BioMedGPT.from_config(BioMedGPTConfig.load(tmp_path / "config.json"), base_dir=tmp_path)
+    fresh = BioMedGPT.from_pretrained(tmp_path, lite=True)
+    assert calls, "the encoders were not initialised"
+    expected = BioMedGPT.from_config(BioMedGPTConfig.load(tmp_path / "config.json"), base_dir=tmp_path, lite=True)
     parts = ("mol_structure_encoder", "proj_mol", "prot_structure_encoder", "proj_prot")
     for name, tensor in expected.state_dict().items():
         if name.startswith(parts):
             assert torch.equal(fresh.state_dict()[name], tensor), name
-    assert {name: getattr(torch.nn.init, name) for name in fills} == fills
-    assert torch.nn.init.uniform_(torch.zeros(64)).abs().sum() > 0
+    assert torch.nn.init.kaiming_uniform_ is counting
+
+
+def test_a_transformers_encoder_is_not_built_under_the_init_patch(tmp_path):
+    """transformers keeps the `torch.nn.init` functions it finds when first imported: an ESM that only
+    transformers can build (here: absolute positions) must not be built, and transformers not first imported,
+    while the random fills are patched out, or every later model in the process would start unrandomised."""
+    config = preset("tiny")
+    config.protein.arch["position_embedding_type"] = "absolute"
+    BioMedGPT.from_config(config).save_pretrained(tmp_path)
+    code = ("import sys, torch; from biomedgpt.inference import load_model; "
+            "model = load_model(sys.argv[1], lite=True); "
+            "import transformers.initialization as init; "
+            "print(type(model.prot_structure_encoder).__name__, "
+            "all(getattr(torch.nn.init, k) is f for k, f in init.TORCH_INIT_FUNCTIONS.items()))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["EsmModel", "True"]
 
 
 def test_corrupted_weights_are_refused(tiny_model, tmp_path):
