@@ -170,15 +170,18 @@ _NO_INIT_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def _no_random_init():
-    """`torch.nn.init`'s random fills become no-ops while our own modules are built whose parameters a checkpoint
-    then overwrites (as transformers' `no_init_weights` does): drawing them for the default model's encoders and
-    adapters took ~0.1 s of every cold start.
+def _random_fills(enabled: bool):
+    """With `enabled` False, `torch.nn.init`'s random fills become no-ops while our own modules are built whose
+    parameters a checkpoint then overwrites (as transformers' `no_init_weights` does): drawing them for the default
+    model's encoders and adapters took ~0.1 s of every cold start.
 
     Only around modules of this package: transformers saves `torch.nn.init`'s functions when it is first imported
     and would keep the no-ops for good if that import happened inside. One patch at a time (a lock: a second
     thread waits rather than saving the no-ops as the originals); a module another thread builds meanwhile without
     this context would still get no random values, so load models before starting threads that build others."""
+    if enabled:
+        yield
+        return
     with _NO_INIT_LOCK:
         saved = {name: getattr(nn.init, name) for name in _RANDOM_FILLS}
         try:
@@ -204,7 +207,7 @@ def build_protein_encoder(config: BioMedGPTConfig, base_dir: str | Path | None =
 
         reason = lite_esm_reason(cfg.arch)
         if reason is None:
-            with contextlib.nullcontext() if random_init else _no_random_init():
+            with _random_fills(random_init):
                 return LiteEsm(cfg.arch)
         logger.debug("building the protein encoder with transformers (%s)", reason)
     from transformers import EsmConfig, EsmModel
@@ -250,7 +253,7 @@ class BioMedGPT(nn.Module):
             torch.manual_seed(config.seed)
             llm, tokenizer = build_lm(config, base_dir, lite)
             protein_encoder = build_protein_encoder(config, base_dir, lite, random_init) if config.protein else None
-            with contextlib.nullcontext() if random_init else _no_random_init():
+            with _random_fills(random_init):
                 model = cls(config, llm, tokenizer, protein_encoder)
         dtype = _torch_dtype(config.lm.dtype)
         for part in (model.mol_structure_encoder, model.proj_mol, model.prot_structure_encoder, model.proj_prot):

@@ -145,9 +145,9 @@ class _Layer:
                 # written (and page-faulted) once; converting and then concatenating wrote it twice (SmolLM2-135M:
                 # 0.19 -> 0.10 s, most of it page faults)
                 # (`torch.cat(..., out=)` converts on a slow path: 0.21 s)
-                out = torch.empty(sum(w.shape[0] for w in weights), weights[0].shape[1], dtype=torch.bfloat16,
-                                  device=weights[0].device)
-                for rows, weight in zip(out.split([w.shape[0] for w in weights]), weights):
+                sizes = [w.shape[0] for w in weights]
+                out = torch.empty(sum(sizes), weights[0].shape[1], dtype=torch.bfloat16, device=weights[0].device)
+                for rows, weight in zip(out.split(sizes), weights):
                     rows.copy_(weight)
                 return PackedLinear(out, mode)
 

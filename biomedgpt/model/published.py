@@ -219,7 +219,7 @@ def _lookup(device_map: dict[str, Any], name: str):
 def dispatch(model: nn.Module, device_map: dict[str, Any] | None) -> None:
     """After loading with a map that spans several devices, add accelerate's hooks so the LM's forward moves
     activations between them."""
-    if not device_map or len({str(d) for d in device_map.values()}) < 2:
+    if not _spans_devices(device_map):
         return
     from accelerate import dispatch_model
 
@@ -229,6 +229,10 @@ def dispatch(model: nn.Module, device_map: dict[str, Any] | None) -> None:
                if name.startswith(prefix) or (prefix and name == "llm")}
     if llm_map:
         dispatch_model(llm, device_map=llm_map)
+
+
+def _spans_devices(device_map: dict[str, Any] | None) -> bool:
+    return bool(device_map) and len({str(d) for d in device_map.values()}) > 1
 
 
 def _load(model, sources, device_map, max_memory, drop=(), strict=True, skip=(),
@@ -422,7 +426,7 @@ def load_model_folder(directory: str | Path, dtype: str | torch.dtype | None = N
     skip = ("llm.",) if config.lm.arch is not None else ()
 
     def place_and_merge(resolved: dict | None) -> None:
-        if skip and resolved and len({str(d) for d in resolved.values()}) == 1:  # (several: dispatch places it)
+        if skip and resolved and not _spans_devices(resolved):  # (several devices: dispatch places it)
             model.llm.to(_lookup(resolved, "llm"))
         if config.lm.lora is not None:  # merged after streaming: the adapter's weights land on each layer's device
             model.llm = merge_lora(model.llm, directory / config.lm.lora)
