@@ -19,12 +19,13 @@ Abstracts whose PMID is in a PubMedQA record of `--exclude` (the test split) are
 from __future__ import annotations
 
 import argparse
-import ast
-import json
+import dataclasses
 import random
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
+
+from biomedgpt.data.records import MCQRecord, read_mcq, write_jsonl
 
 OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
 SPLITS = ("CDR_TrainingSet.PubTator.txt", "CDR_DevelopmentSet.PubTator.txt")
@@ -62,7 +63,7 @@ def _inline(name: str) -> str:
     return name[0].lower() + name[1:] if name[:1].isupper() and name[1:2].islower() else name
 
 
-def bc5cdr_records(directory: Path, per_abstract: int, excluded: set[str], rng: random.Random) -> list[dict]:
+def bc5cdr_records(directory: Path, per_abstract: int, excluded: set[str], rng: random.Random) -> list[MCQRecord]:
     records = []
     for split in SPLITS:
         for doc in read_pubtator(directory / split):
@@ -81,28 +82,18 @@ def bc5cdr_records(directory: Path, per_abstract: int, excluded: set[str], rng: 
             for (chemical, disease), answer in chosen:
                 question = rng.choice(TEMPLATES).format(chemical=_inline(chemicals[chemical]),
                                                         disease=_inline(diseases[disease]))
-                records.append({"id": f"bc5cdr:{doc['pmid']}:{chemical}:{disease}", "question": question,
-                                "options": OPTIONS, "answer": answer,
-                                "context": f"{doc['title']}\n{doc['abstract']}",
-                                "metadata": {"pmid": doc["pmid"], "source": "bc5cdr"}})
+                records.append(MCQRecord(id=f"bc5cdr:{doc['pmid']}:{chemical}:{disease}", question=question,
+                                         options=dict(OPTIONS), answer=answer,
+                                         context=f"{doc['title']}\n{doc['abstract']}",
+                                         metadata={"pmid": doc["pmid"], "source": "bc5cdr"}))
     return records
 
 
-def _metadata(record: dict) -> dict:
-    meta = record.get("metadata") or {}
-    return ast.literal_eval(meta) if isinstance(meta, str) else meta
-
-
-def with_conclusions(path: Path, excluded: set[str]) -> list[dict]:
-    records = []
-    for line in path.open():
-        record = json.loads(line)
-        meta = _metadata(record)
-        if meta.get("pmid") in excluded or not meta.get("long_answer"):
-            continue
-        records.append({**record, "id": record["id"] + ":conclusion",
-                        "context": f"{record['context']}\nCONCLUSIONS: {meta['long_answer']}"})
-    return records
+def with_conclusions(path: Path, excluded: set[str]) -> list[MCQRecord]:
+    return [dataclasses.replace(record, id=f"{record.id}:conclusion",
+                                context=f"{record.context}\nCONCLUSIONS: {record.metadata['long_answer']}")
+            for record in read_mcq(path)
+            if record.metadata.get("pmid") not in excluded and record.metadata.get("long_answer")]
 
 
 def main() -> int:
@@ -116,8 +107,7 @@ def main() -> int:
     parser.add_argument("--bc5cdr-limit", type=int, help="keep this many BC5CDR questions (a seeded sample)")
     args = parser.parse_args()
 
-    excluded = {_metadata(json.loads(line)).get("pmid") for line in args.exclude.open()}
-    excluded.discard(None)
+    excluded = {record.metadata["pmid"] for record in read_mcq(args.exclude) if "pmid" in record.metadata}
     if not excluded:
         raise SystemExit(f"{args.exclude}: no PMIDs found; refusing to build without the test exclusion")
     rng = random.Random(args.seed)
@@ -127,11 +117,8 @@ def main() -> int:
     concl = with_conclusions(args.pubmedqa_train, excluded)
     rows = cdr + concl
     rng.shuffle(rows)
-    with open(args.out, "w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in rows)
-    counts = defaultdict(int)
-    for row in cdr:
-        counts[OPTIONS[row["answer"]]] += 1
+    write_jsonl(args.out, rows)
+    counts = Counter(OPTIONS[record.answer] for record in cdr)
     print(f"{len(cdr)} BC5CDR questions ({dict(counts)}), {len(concl)} PubMedQA training questions with their "
           f"conclusions, {len(excluded)} test PMIDs excluded -> {args.out}", file=sys.stderr)
     return 0
