@@ -49,18 +49,23 @@ def entry() -> None:
     """The `biomedgpt` program (console script, `python -m biomedgpt`): `main`, then the process ends. Commands
     that set `exit_at_once` end it with `_exit_now`, unless a profiler or tracer (cProfile, coverage) is attached,
     which writes its data at the normal exit."""
-    status, args = _run(None)
+    status, args = _run(None, program=True)
     if getattr(args, "exit_at_once", False) and sys.getprofile() is None and sys.gettrace() is None:
         _exit_now(status)
     sys.exit(status)
 
 
-def _run(argv: Sequence[str] | None) -> tuple[int, argparse.Namespace]:
+def _run(argv: Sequence[str] | None, program: bool = False) -> tuple[int, argparse.Namespace]:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0, args
+    if program and getattr(args, "fast_start", False):
+        # Before the command imports torch: a new process that answers one question (`biomedgpt.startup`).
+        from biomedgpt.startup import defer_torch_extras
+
+        defer_torch_extras()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

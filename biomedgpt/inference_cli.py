@@ -46,13 +46,13 @@ def register(subparsers) -> None:
     ask.add_argument("--index", default=None, metavar="PATH",
                      help="retrieval index for --evidence (default: the model folder's index.json.gz, if any)")
     _add_model_options(ask)
-    ask.set_defaults(func=run_ask, exit_at_once=True)
+    ask.set_defaults(func=run_ask, exit_at_once=True, fast_start=True)
 
     chat = subparsers.add_parser("chat", help="multi-turn conversation in the terminal",
                                  description="Multi-turn chat. Commands: /smiles SMILES, /protein SEQ attach "
                                              "entities to your next message; /reset; /quit.")
     _add_model_options(chat)
-    chat.set_defaults(func=run_chat, exit_at_once=True)
+    chat.set_defaults(func=run_chat, exit_at_once=True, fast_start=True)
 
 
 def _settings(args, recommended: dict | None = None):

@@ -1,0 +1,80 @@
+"""`biomedgpt.startup`: the deferred parts of `import torch` for `ask` and `chat`. Each check runs in a new
+process, since the hook must be installed before torch is imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from biomedgpt.startup import DEFERRED
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _python(code: str, *args: str, **env: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO_ROOT,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_deferred_modules_run_on_first_use_and_before_dynamo():
+    code = """
+import json
+from biomedgpt import startup
+installed = startup.defer_torch_extras()
+import torch
+deferred = sorted(startup.pending())
+x = torch.randn(4, 4)
+value = float(torch.nn.functional.silu(x @ x).sum())  # eager inference needs none of them
+normal = torch.distributions.Normal(0.0, 1.0)  # first attribute access runs torch.distributions
+after_use = sorted(startup.pending())
+import torch._dynamo  # uses the meta kernels: everything runs first
+print(json.dumps({"installed": installed, "deferred": deferred, "after_use": after_use,
+                  "log_prob": float(normal.log_prob(torch.tensor(0.0))), "end": startup.pending(),
+                  "export": callable(torch.export.export)}))
+"""
+    result = json.loads(_python(code))
+    assert result["installed"] is True
+    assert result["deferred"] == sorted(DEFERRED)
+    assert result["after_use"] == sorted(set(DEFERRED) - {"torch.distributions"})
+    assert abs(result["log_prob"] + 0.9189385) < 1e-5
+    assert result["end"] == [] and result["export"] is True
+
+
+def test_nothing_is_deferred_when_switched_off_or_torch_is_already_imported():
+    code = """
+import sys
+from biomedgpt import startup
+if sys.argv[1] == "torch-first":
+    import torch
+installed = startup.defer_torch_extras()
+import torch
+print(installed, len(startup.pending()), type(torch.export).__name__)
+"""
+    assert _python(code, "torch-first") == "False 0 module"
+    assert _python(code, "off", BIOMEDGPT_DEFER_TORCH="0") == "False 0 module"
+
+
+def test_ask_program_answers_the_same_without_running_the_deferred_modules(tiny_model_dir):
+    """`biomedgpt ask` as a program (what a user runs): its answer is the one of a plain torch import, and no
+    deferred module ran on the way (or the hook would save nothing)."""
+    args = ["ask", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--num-beams", "2",
+            "--repetition-penalty", "1", "--evidence", "0", "--smiles", "CCO", "--protein", "MKTAYIAKQR", "Hi?"]
+    code = f"""
+import contextlib, io, json
+from biomedgpt import cli, startup
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    status, _ = cli._run({args!r}, program=True)
+print(json.dumps({{"status": status, "answer": out.getvalue(), "pending": sorted(startup.pending())}}))
+"""
+    deferred = json.loads(_python(code))
+    plain = json.loads(_python(code, BIOMEDGPT_DEFER_TORCH="0"))
+    assert deferred["status"] == plain["status"] == 0
+    assert deferred["answer"] == plain["answer"] and deferred["answer"].strip()
+    assert deferred["pending"] == sorted(DEFERRED)
+    assert plain["pending"] == []
