@@ -4,18 +4,20 @@
 third of it is modules that torch imports unconditionally but that eager inference on a CPU never runs: the Python
 meta kernels and decompositions (`torch._meta_registrations`, used by meta tensors, FakeTensor, `torch.compile`,
 `torch.export`), `torch.export` itself, and a few packages imported only to be reachable as `torch.<name>`
-(`torch.distributions`, `torch.testing`, `torch.utils.data`, ...).
+(`torch.distributions`, `torch.utils.data`, ...).
 
 `defer_torch_extras()` installs an import hook, before torch is imported, under which each of those modules is
 created but not executed: its code runs on the first access to any attribute it does not have yet (as
 `importlib.util.LazyLoader`, except that `__file__`, `__spec__` and the other attributes set at creation do not
 trigger it: `inspect.getmodule`, which torch calls while registering its own operators, reads `__file__` of every
-module in `sys.modules`). A deferred module that is used is therefore loaded when used, as if imported then.
+module in `sys.modules`). A deferred package also runs before any of its submodules is imported, as without the
+hook (the import system reads its `__path__`, which it gets back only then). A deferred module that is used is
+therefore loaded when used, as if imported then.
 
 The meta registrations are the exception: nothing reads their attributes, they only register kernels. Everything
-that needs those kernels goes through `torch._dynamo`, `torch._inductor`, `torch._subclasses.fake_tensor` or
-transformers (which builds models on the meta device), so importing any of those first runs every deferred module
-(`complete()`). The modules deferred here were chosen by measurement (`python -X importtime -c "import torch"`)
+that needs those kernels goes through `torch._dynamo`, `torch._inductor`, `torch.export` or transformers (which
+builds models on the meta device), so importing any of those (or running `torch.export`) first runs every deferred
+module (`complete()`). The modules deferred here were chosen by measurement (`python -X importtime -c "import torch"`)
 and checked not to break torch's own import; the list is tied to the pinned torch version (`TORCH_VERSION`): with
 any other version, or with `BIOMEDGPT_DEFER_TORCH=0`, nothing is deferred.
 """
@@ -45,7 +47,6 @@ DEFERRED = (
     "torch.masked",
     "torch.profiler",
     "torch.quantization",
-    "torch.testing",
     "torch.utils.data",
     "torchgen.model",
 )
@@ -73,6 +74,8 @@ def _execute(module: types.ModuleType) -> None:
         if type(module) is not _DeferredModule:  # another thread got here first
             return
         loader = module.__dict__.pop("_deferred_loader")
+        if "_deferred_path" in module.__dict__:
+            module.__path__ = module.__dict__.pop("_deferred_path")
         module.__class__ = types.ModuleType
         if module in _pending:
             _pending.remove(module)
@@ -91,6 +94,8 @@ class _DeferringLoader(importlib.abc.Loader):
     def exec_module(self, module: types.ModuleType) -> None:
         with _lock:
             module.__dict__["_deferred_loader"] = self.loader
+            if "__path__" in module.__dict__:  # a package: importing a submodule reads `__path__`, which runs it first
+                module.__dict__["_deferred_path"] = module.__dict__.pop("__path__")
             module.__class__ = _DeferredModule
             _pending.append(module)
 
@@ -105,21 +110,13 @@ class _Finder(importlib.abc.MetaPathFinder):
             return None
         if name not in self.deferred:
             return None
-        spec = _find_elsewhere(self, name)
+        # torch's modules are files in site-packages: the standard path finder locates them (asking the whole
+        # `sys.meta_path` again would need this finder taken out of it, which other threads may be iterating).
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
         if spec is None or spec.loader is None:
             return spec
         spec.loader = _DeferringLoader(spec.loader)
         return spec
-
-
-def _find_elsewhere(finder: _Finder, name: str) -> importlib.machinery.ModuleSpec | None:
-    """The spec the other finders give `name` (this one steps aside while they look)."""
-    with _lock:
-        sys.meta_path.remove(finder)
-        try:
-            return importlib.util.find_spec(name)
-        finally:
-            sys.meta_path.insert(0, finder)
 
 
 def defer_torch_extras(deferred: Sequence[str] = DEFERRED) -> bool:

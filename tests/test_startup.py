@@ -49,6 +49,19 @@ print(json.dumps({"installed": installed, "deferred": deferred, "after_use": aft
     assert result["end"] == [] and result["export"] is True
 
 
+def test_a_deferred_package_runs_before_its_submodules():
+    """As without the hook: `import torch.utils.data.distributed` runs `torch/utils/data/__init__.py` first."""
+    code = """
+from biomedgpt import startup
+startup.defer_torch_extras()
+import torch
+before = "torch.utils.data" in startup.pending()
+import torch.utils.data.distributed
+print(before, "torch.utils.data" in startup.pending(), torch.utils.data.DataLoader.__name__)
+"""
+    assert _python(code) == "True False DataLoader"
+
+
 def test_nothing_is_deferred_when_switched_off_or_torch_is_already_imported():
     code = """
 import sys
