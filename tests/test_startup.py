@@ -62,6 +62,72 @@ print(before, "torch.utils.data" in startup.pending(), torch.utils.data.DataLoad
     assert _python(code) == "True False DataLoader"
 
 
+# A package that takes a while to run, counts its runs and fails when asked to: the deferral's semantics on a module
+# whose behaviour the test controls (torch's own are checked above).
+SLOW_PACKAGE = """
+import os, time
+import runs
+runs.count += 1
+time.sleep(0.3)
+if os.environ.get("SLOW_FAIL") == "1":
+    raise RuntimeError("boom")
+VALUE = 42
+"""
+SCENARIOS = {
+    # two threads use it at once: both wait for the one run and see the whole module
+    "threads": """
+import threading
+got = []
+threads = [threading.Thread(target=lambda: got.append(slow.VALUE)) for _ in range(2)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(got, runs.count)
+""",
+    # an attribute set before the first use survives it; dir() runs it first
+    "setattr": """
+slow.PATCH = 1
+print(slow.PATCH, "VALUE" in dir(slow), runs.count)
+""",
+    # reloading a module that never ran runs it, then reloads it: twice, and nothing is left pending
+    "reload": """
+import importlib
+importlib.reload(slow)
+print(slow.VALUE, runs.count, startup.pending())
+""",
+    # a failing run: an ImportError on every use (hasattr does not hide it), and a new import tries again
+    "failure": """
+import os, sys
+errors = []
+for _ in range(2):
+    try:
+        hasattr(slow, "VALUE")
+    except ImportError as err:
+        errors.append(type(err.__cause__).__name__)
+os.environ["SLOW_FAIL"] = "0"
+import slow as again
+print(errors, "slow" in sys.modules, again is not slow, again.VALUE, runs.count)
+""",
+}
+EXPECTED = {"threads": "[42, 42] 1", "setattr": "1 True 1", "reload": "42 2 []",
+            "failure": "['RuntimeError', 'RuntimeError'] True True 42 2"}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_deferred_module_semantics(tmp_path, scenario):
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "__init__.py").write_text(SLOW_PACKAGE)
+    (tmp_path / "runs.py").write_text("count = 0\n")
+    code = f"""
+import sys
+sys.path.insert(0, {str(tmp_path)!r})
+from biomedgpt import startup
+sys.meta_path.insert(0, startup._Finder(["slow"]))
+import runs, slow
+assert runs.count == 0 and startup.pending() == ["slow"]
+""" + SCENARIOS[scenario]
+    env = {"SLOW_FAIL": "1"} if scenario == "failure" else {}
+    assert _python(code, **env) == EXPECTED[scenario]
+
+
 def test_nothing_is_deferred_when_switched_off_or_torch_is_already_imported():
     code = """
 import sys
