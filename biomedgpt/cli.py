@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> None:
     """The `biomedgpt` program (console script, `python -m biomedgpt`): `main`, then the process ends. Commands
     that set `exit_at_once` end it with `_exit_now`, unless a profiler or tracer (cProfile, coverage) is attached,
-    which writes its data at the normal exit."""
+    which writes its data at the normal exit; commands that set `fast_start` (`ask`, `chat`) defer the parts of
+    `import torch` that inference never runs (`biomedgpt.startup`)."""
     status, args = _run(None, program=True)
     if getattr(args, "exit_at_once", False) and sys.getprofile() is None and sys.gettrace() is None:
         _exit_now(status)

@@ -41,6 +41,7 @@ from importlib import _bootstrap
 
 # The torch version these lists were measured against (requirements.txt pins it).
 TORCH_VERSION = "2.13.0"
+ENV_DISABLE = "BIOMEDGPT_DEFER_TORCH"  # "0" turns the hook off
 
 # Cumulative import time of each in one `import torch` on the 2-core Zen 3 machine (session 12, -X importtime):
 # meta registrations with the decompositions and prims they import 0.43 s, torch.export 0.29 s, the rest ~0.13 s.
@@ -228,7 +229,7 @@ def defer_torch_extras(deferred: Sequence[str] = DEFERRED) -> bool:
     Returns whether the hook is installed."""
     if any(isinstance(finder, _Finder) for finder in sys.meta_path):
         return True
-    if os.environ.get("BIOMEDGPT_DEFER_TORCH", "1") == "0" or "torch" in sys.modules:
+    if os.environ.get(ENV_DISABLE, "1") == "0" or "torch" in sys.modules:
         return False
     if not all(hasattr(_bootstrap, f) for f in ("_get_module_lock", "_DeadlockError")):
         return False
