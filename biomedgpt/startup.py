@@ -87,14 +87,11 @@ class _DeferredModule(types.ModuleType):
     """A module whose code has not run yet (the class of a module between its creation and its first use)."""
 
     def __getattr__(self, name: str):
-        state = _deferral(self)
-        if state is not None and state.runner == threading.get_ident():
-            # Its own code (or an import it makes) looks for a name not defined yet: a plain partially
-            # initialised module would raise this too, and `from pkg import sub` then imports the submodule.
-            raise AttributeError(f"partially initialized module {self.__name__!r} has no attribute {name!r}")
-        if state is None:  # another thread has just run it
+        if _deferral(self) is None:  # another thread has just run it
             return types.ModuleType.__getattribute__(self, name)
         if not _run(self):
+            # Its own code (or an import it makes) looks for a name not defined yet: a plain partially
+            # initialised module would raise this too, and `from pkg import sub` then imports the submodule.
             raise AttributeError(f"partially initialized module {self.__name__!r} has no attribute {name!r}")
         return getattr(self, name)
 
@@ -133,8 +130,8 @@ def _run(module: types.ModuleType) -> bool:
             raise ImportError(f"deferred module {name} failed to run: {state.error!r}") from state.error
         _forget(module)
         state.runner = threading.get_ident()
+        _set_loader(module, state.loader)
         spec = module.__spec__
-        spec.loader = module.__dict__["__loader__"] = state.loader
         if state.path is not None:
             module.__dict__["__path__"] = state.path
         spec._initializing = True
@@ -162,29 +159,14 @@ def _forget(module: types.ModuleType) -> None:
             _pending.remove(module)
 
 
-class _DeferringLoader(importlib.abc.Loader):
-    """Creates the module as its real loader would, and leaves it unrun."""
-
-    def __init__(self, loader: importlib.abc.Loader):
-        self.loader = loader
-
-    def __getattr__(self, name: str):  # get_source, get_data, is_package, get_resource_reader, ...
-        return getattr(self.loader, name)
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        path = module.__dict__.pop("__path__", None)
-        module.__dict__["_deferral"] = _Deferral(self.loader, path)
-        object.__setattr__(module, "__class__", _DeferredModule)
-        with _pending_lock:
-            _pending.append(module)
+def _set_loader(module: types.ModuleType, loader: importlib.abc.Loader) -> None:
+    """Give the module its real loader back (in place of the wrapper below) before its code runs."""
+    module.__spec__.loader = module.__dict__["__loader__"] = loader
 
 
-class _CompletingLoader(importlib.abc.Loader):
-    """The real loader of a module in COMPLETE_BEFORE, which first runs every deferred module (here, under that
-    module's import lock, rather than in `find_spec`, under the global one)."""
+class _WrappingLoader(importlib.abc.Loader):
+    """A real loader with another `exec_module`; everything else (create_module, get_source, get_data,
+    is_package, get_resource_reader, ...) is the real loader's."""
 
     def __init__(self, loader: importlib.abc.Loader):
         self.loader = loader
@@ -195,9 +177,25 @@ class _CompletingLoader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         return self.loader.create_module(spec)
 
+
+class _DeferringLoader(_WrappingLoader):
+    """Creates the module as its real loader would, and leaves it unrun."""
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        path = module.__dict__.pop("__path__", None)
+        module.__dict__["_deferral"] = _Deferral(self.loader, path)
+        object.__setattr__(module, "__class__", _DeferredModule)
+        with _pending_lock:
+            _pending.append(module)
+
+
+class _CompletingLoader(_WrappingLoader):
+    """The real loader of a module in COMPLETE_BEFORE, which first runs every deferred module (here, under that
+    module's import lock, rather than in `find_spec`, under the global one)."""
+
     def exec_module(self, module: types.ModuleType) -> None:
         complete()
-        module.__spec__.loader = module.__dict__["__loader__"] = self.loader
+        _set_loader(module, self.loader)
         self.loader.exec_module(module)
 
 
